@@ -1,0 +1,62 @@
+// The intermediate representation: everything the kernel must hold, as plain values with
+// stable names, before any nft syntax. The renderer turns it into text; tests read it directly.
+import type { Family } from '../policy/address.js';
+import type { Lan, Tunnel } from '../policy/model.js';
+import type { Cell } from './decompose.js';
+
+export type TrafficPath = 'local' | 'cloudflare';
+
+/** `ports`: TCP and UDP, keyed on addresses, protocol and both ports. `proto`: every other protocol. */
+export type KeyShape = 'ports' | 'proto';
+
+export interface IrPolicy {
+  id: string;
+  name: string;
+  path: TrafficPath;
+  unidirectional: boolean;
+  contentHash: string;
+  /** nft chain the lookups jump to, and the named counter it updates. */
+  chain: string;
+  counter: string;
+}
+
+/** One lookup table: disjoint cells, each pointing at the policy (by index into `Ir.policies`). */
+export interface IrMap {
+  name: string;
+  family: Family;
+  shape: KeyShape;
+  cells: Cell[];
+}
+
+/**
+ * One origin → destination LAN pair on one traffic path. `initiate` holds every policy (packets
+ * in the direction of the flow's initiator); `reply` only the bidirectional ones.
+ */
+export interface IrPairPath {
+  origin: Lan;
+  destination: Lan;
+  path: TrafficPath;
+  /** Stable suffix for chain and map names, e.g. `1_2` (LAN positions in the site config). */
+  key: string;
+  initiate: IrMap[];
+  reply: IrMap[];
+}
+
+export interface Ir {
+  table: string;
+  lans: Lan[];
+  tunnel?: Tunnel;
+  policies: IrPolicy[];
+  pairs: IrPairPath[];
+}
+
+/** Dimensions of each key shape, in map key order. */
+export const SHAPE_DIMS: Record<KeyShape, readonly string[]> = {
+  ports: ['saddr', 'daddr', 'l4proto', 'sport', 'dport'],
+  proto: ['saddr', 'daddr', 'l4proto'],
+};
+
+export const IPPROTO_TCP = 6n;
+export const IPPROTO_UDP = 17n;
+export const IPPROTO_ICMP = 1n;
+export const IPPROTO_ICMPV6 = 58n;

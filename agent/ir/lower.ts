@@ -1,0 +1,115 @@
+// Lowering: validated policies → disjoint lookup cells per LAN pair, path, direction and family.
+import { anyAddress, type AddressRange, type Family } from '../policy/address.js';
+import type { Endpoint, Policy, Site } from '../policy/model.js';
+import { decompose, type Box } from './decompose.js';
+import {
+  IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+  type Ir, type IrMap, type IrPairPath, type IrPolicy, type KeyShape, type TrafficPath,
+} from './ir.js';
+
+const ANY_PORT: [bigint, bigint] = [0n, 65535n];
+const FAMILIES: readonly Family[] = [4, 6];
+const SHAPES: readonly KeyShape[] = ['ports', 'proto'];
+
+export function lower(site: Site, policies: readonly Policy[]): Ir {
+  // Sorted by id: the output does not depend on file order, and counters go to a stable owner.
+  const sorted = [...policies].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const irPolicies: IrPolicy[] = sorted.map((p) => ({
+    id: p.id,
+    name: p.name,
+    path: p.forwardLocally ? 'local' : 'cloudflare',
+    unidirectional: p.unidirectional,
+    contentHash: p.contentHash,
+    chain: `pol_${p.id}`,
+    counter: `pol_${p.id}`,
+  }));
+
+  const lanIndex = new Map(site.lans.map((l, i) => [l.id, i + 1]));
+  const groups = new Map<string, { origin: number; destination: number; path: TrafficPath; members: number[] }>();
+  sorted.forEach((p, i) => {
+    const path: TrafficPath = p.forwardLocally ? 'local' : 'cloudflare';
+    const o = lanIndex.get(p.origin.lanId)!;
+    const d = lanIndex.get(p.destination.lanId)!;
+    const k = `${path}:${o}_${d}`;
+    const g = groups.get(k) ?? { origin: o, destination: d, path, members: [] };
+    g.members.push(i);
+    groups.set(k, g);
+  });
+
+  const pairs: IrPairPath[] = [...groups.values()]
+    .sort((a, b) => a.origin - b.origin || a.destination - b.destination || (a.path < b.path ? -1 : 1))
+    .map((g) => {
+      const key = `${g.origin}_${g.destination}`;
+      const prefix = g.path === 'local' ? 'l' : 'c';
+      const build = (direction: 'i' | 'r', members: number[]): IrMap[] => {
+        const maps: IrMap[] = [];
+        for (const family of FAMILIES) {
+          for (const shape of SHAPES) {
+            const boxes = members.flatMap((i) => policyBoxes(sorted[i], i, family, shape));
+            const cells = decompose(boxes);
+            if (cells.length > 0) {
+              maps.push({ name: `${prefix}${direction}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, cells });
+            }
+          }
+        }
+        return maps;
+      };
+      return {
+        origin: site.lans[g.origin - 1],
+        destination: site.lans[g.destination - 1],
+        path: g.path,
+        key,
+        initiate: build('i', g.members),
+        reply: build('r', g.members.filter((i) => !sorted[i].unidirectional)),
+      };
+    });
+
+  return { table: site.table, lans: site.lans, tunnel: site.tunnel, policies: irPolicies, pairs };
+}
+
+function addresses(ep: Endpoint, family: Family): AddressRange[] {
+  if (ep.subnets.length === 0) return [anyAddress(family)];
+  return ep.subnets.filter((s) => s.family === family);
+}
+
+const portRanges = (ep: Endpoint): [bigint, bigint][] =>
+  ep.ports.length === 0 ? [ANY_PORT] : ep.ports.map((p) => [BigInt(p.from), BigInt(p.to)]);
+
+/** IP protocol numbers a policy covers in one key shape, as inclusive ranges. */
+export function protocolRanges(p: Policy, family: Family, shape: KeyShape): [bigint, bigint][] {
+  const icmp = family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+  if (p.protocols.length === 0) {
+    return shape === 'ports'
+      ? [[IPPROTO_TCP, IPPROTO_TCP], [IPPROTO_UDP, IPPROTO_UDP]]
+      : [[0n, IPPROTO_TCP - 1n], [IPPROTO_TCP + 1n, IPPROTO_UDP - 1n], [IPPROTO_UDP + 1n, 255n]];
+  }
+  const out: [bigint, bigint][] = [];
+  if (shape === 'ports') {
+    if (p.protocols.includes('tcp')) out.push([IPPROTO_TCP, IPPROTO_TCP]);
+    if (p.protocols.includes('udp')) out.push([IPPROTO_UDP, IPPROTO_UDP]);
+  } else if (p.protocols.includes('icmp')) out.push([icmp, icmp]);
+  return out;
+}
+
+function policyBoxes(p: Policy, label: number, family: Family, shape: KeyShape): Box[] {
+  const srcs = addresses(p.origin, family);
+  const dsts = addresses(p.destination, family);
+  const protos = protocolRanges(p, family, shape);
+  const boxes: Box[] = [];
+  for (const s of srcs) {
+    for (const d of dsts) {
+      for (const pr of protos) {
+        if (shape === 'proto') {
+          boxes.push({ lo: [s.first, d.first, pr[0]], hi: [s.last, d.last, pr[1]], label });
+          continue;
+        }
+        for (const sp of portRanges(p.origin)) {
+          for (const dp of portRanges(p.destination)) {
+            boxes.push({ lo: [s.first, d.first, pr[0], sp[0], dp[0]], hi: [s.last, d.last, pr[1], sp[1], dp[1]], label });
+          }
+        }
+      }
+    }
+  }
+  return boxes;
+}

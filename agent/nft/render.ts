@@ -1,0 +1,242 @@
+// Renders the IR as one nft script that replaces the engine's table in a single transaction.
+// Pure: the same IR and options always give byte-identical text.
+import { rangeToNft, type Family } from '../policy/address.js';
+import type { Lan } from '../policy/model.js';
+import type { Cell } from '../ir/decompose.js';
+import type { Ir, IrMap, IrPairPath, IrPolicy, TrafficPath } from '../ir/ir.js';
+
+export interface CounterValue {
+  packets: number;
+  bytes: number;
+}
+
+export interface RenderOptions {
+  /** Table comment, e.g. apply metadata. Omitted by `compile` so its output stays reproducible. */
+  tableComment?: string;
+  /** Starting values for named counters (kept across a re-apply of an unchanged policy). */
+  counters?: ReadonlyMap<string, CounterValue>;
+}
+
+export interface Rendered {
+  text: string;
+  /** 1-based script line → id of the policy that line belongs to; maps nft errors back to input. */
+  lineOwners: Map<number, string>;
+  elementCount: number;
+}
+
+export const FORWARD_CHAIN = 'forward';
+export const PREROUTING_CHAIN = 'prerouting';
+export const LAN_PAIRS_MAP = 'lan_pairs';
+export const CLOUDFLARE_INGRESS_MAP = 'cf_ingress';
+
+class Script {
+  readonly lines: string[] = [];
+  readonly owners = new Map<number, string>();
+  add(line: string, owner?: string): void {
+    this.lines.push(line);
+    if (owner !== undefined) this.owners.set(this.lines.length, owner);
+  }
+}
+
+export function render(ir: Ir, options: RenderOptions = {}): Rendered {
+  const s = new Script();
+  const t = ir.table;
+  const lanNo = new Map(ir.lans.map((l, i) => [l.id, i + 1]));
+  const local = ir.pairs.filter((p) => p.path === 'local');
+  const viaCf = ir.pairs.filter((p) => p.path === 'cloudflare');
+  let elementCount = 0;
+
+  s.add(`# connector-acl: ${ir.policies.length} policies, ${ir.lans.length} LANs. Generated; do not edit.`);
+  s.add('# Replaces only this table, atomically: the empty declaration makes the delete safe on a first apply.');
+  s.add(`table inet ${t} {}`);
+  s.add(`delete table inet ${t}`);
+  s.add(`table inet ${t} {`);
+  if (options.tableComment) s.add(`\tcomment ${quote(options.tableComment)}`);
+
+  // Named counters, one per policy: `nft list counters` maps them back to policy ids.
+  for (const p of ir.policies) {
+    const seed = options.counters?.get(p.counter);
+    s.add(`\tcounter ${p.counter} {`, p.id);
+    s.add(`\t\tcomment ${quote(`${p.contentHash} ${p.name}`)}`, p.id);
+    if (seed) s.add(`\t\tpackets ${seed.packets} bytes ${seed.bytes}`, p.id);
+    s.add('\t}', p.id);
+  }
+
+  // Dispatch on the interface pair: per-packet cost does not depend on the number of LANs.
+  const ordered = orderedPairs(ir.lans);
+  s.add('');
+  s.add(`\tmap ${LAN_PAIRS_MAP} {`);
+  s.add('\t\ttype ifname . ifname : verdict');
+  if (ordered.length > 0) {
+    s.add('\t\telements = {');
+    ordered.forEach(([a, b], i) => {
+      s.add(`\t\t\t${quote(a.interface)} . ${quote(b.interface)} : goto fwd_${lanNo.get(a.id)}_${lanNo.get(b.id)}${i < ordered.length - 1 ? ',' : ''}`);
+    });
+    s.add('\t\t}');
+  }
+  s.add('\t}');
+
+  for (const pair of ir.pairs) {
+    for (const map of [...pair.initiate, ...pair.reply]) elementCount += renderMap(s, map, pair, ir.policies);
+  }
+
+  // forward: every packet from one LAN interface to another. Anything else is not ours.
+  s.add('');
+  s.add(`\tchain ${FORWARD_CHAIN} {`);
+  s.add('\t\ttype filter hook forward priority filter; policy accept;');
+  s.add(`\t\tiifname . oifname vmap @${LAN_PAIRS_MAP}`);
+  s.add('\t}');
+
+  for (const [a, b] of ordered) {
+    const x = lanNo.get(a.id)!;
+    const y = lanNo.get(b.id)!;
+    const initiated = local.find((p) => p.key === `${x}_${y}` && p.initiate.length > 0);
+    const replied = local.find((p) => p.key === `${y}_${x}` && p.reply.length > 0);
+    s.add('');
+    s.add(`\tchain fwd_${x}_${y} {`);
+    s.add(`\t\tct state invalid counter drop comment ${quote(`conntrack-invalid: ${a.name} -> ${b.name}`)}`);
+    if (ir.tunnel) {
+      const m = hex(ir.tunnel.mark);
+      s.add(`\t\tmeta mark & ${m} == ${m} counter drop comment ${quote('via Cloudflare but routed locally: is the tunnel route missing?')}`);
+    }
+    if (initiated) s.add(`\t\tct direction original jump li_${x}_${y}`);
+    if (replied) s.add(`\t\tct direction reply jump lr_${y}_${x}`);
+    s.add(`\t\tcounter drop comment ${quote(`default drop: ${a.name} -> ${b.name}`)}`);
+    s.add('\t}');
+  }
+  for (const pair of local) renderLookupChains(s, pair, 'l');
+
+  if (viaCf.length > 0 && ir.tunnel) renderCloudflareSteering(s, ir, viaCf, lanNo);
+
+  for (const p of ir.policies) renderPolicyChain(s, p, ir);
+  s.add('}');
+  return { text: `${s.lines.join('\n')}\n`, lineOwners: s.owners, elementCount };
+}
+
+/**
+ * prerouting: packets arriving on a LAN whose destination (by the main routing table) is
+ * another LAN are marked when a via-Cloudflare policy allows them; the mark's ip rule sends
+ * them into the tunnel. Unmarked packets go on to `forward`, where only local policies apply.
+ * Packets returning from the tunnel arrive on the tunnel interface and are never marked again.
+ */
+function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], lanNo: Map<string, number>): void {
+  const lanByNo = (n: number): Lan => ir.lans[n - 1];
+  // Ingress LAN → egress LANs for which some via-Cloudflare chain exists, in either direction.
+  const edges = new Map<number, Set<number>>();
+  for (const p of viaCf) {
+    const [o, d] = p.key.split('_').map(Number);
+    if (p.initiate.length > 0) (edges.get(o) ?? edges.set(o, new Set()).get(o)!).add(d);
+    if (p.reply.length > 0) (edges.get(d) ?? edges.set(d, new Set()).get(d)!).add(o);
+  }
+  const ingress = [...edges.keys()].sort((a, b) => a - b);
+  s.add('');
+  s.add(`\tmap ${CLOUDFLARE_INGRESS_MAP} {`);
+  s.add('\t\ttype ifname : verdict');
+  s.add('\t\telements = {');
+  ingress.forEach((x, i) => s.add(`\t\t\t${quote(lanByNo(x).interface)} : goto pre_${x}${i < ingress.length - 1 ? ',' : ''}`));
+  s.add('\t\t}');
+  s.add('\t}');
+  s.add('');
+  s.add(`\tchain ${PREROUTING_CHAIN} {`);
+  s.add('\t\ttype filter hook prerouting priority mangle; policy accept;');
+  s.add(`\t\tiifname vmap @${CLOUDFLARE_INGRESS_MAP}`);
+  s.add('\t}');
+  for (const x of ingress) {
+    const egress = [...edges.get(x)!].sort((a, b) => a - b);
+    s.add('');
+    s.add(`\tchain pre_${x} {`);
+    s.add(`\t\tfib daddr oifname vmap { ${egress.map((y) => `${quote(lanByNo(y).interface)} : goto pre_${x}_${y}`).join(', ')} }`);
+    s.add('\t}');
+    for (const y of egress) {
+      const initiated = viaCf.find((p) => p.key === `${x}_${y}` && p.initiate.length > 0);
+      const replied = viaCf.find((p) => p.key === `${y}_${x}` && p.reply.length > 0);
+      s.add('');
+      s.add(`\tchain pre_${x}_${y} {`);
+      if (initiated) s.add(`\t\tct direction original jump ci_${x}_${y}`);
+      if (replied) s.add(`\t\tct direction reply jump cr_${y}_${x}`);
+      s.add('\t}');
+    }
+  }
+  for (const pair of viaCf) renderLookupChains(s, pair, 'c');
+  void lanNo;
+}
+
+/** `li_/lr_` (local) and `ci_/cr_` (via Cloudflare) chains: one map lookup per family and key shape. */
+function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c'): void {
+  for (const [direction, maps] of [['i', pair.initiate], ['r', pair.reply]] as const) {
+    if (maps.length === 0) continue;
+    s.add('');
+    s.add(`\tchain ${prefix}${direction}_${pair.key} {`);
+    for (const map of maps) s.add(`\t\t${lookupRule(map, direction === 'r')}`);
+    s.add('\t}');
+  }
+}
+
+function lookupRule(map: IrMap, reply: boolean): string {
+  const ip = map.family === 4 ? 'ip' : 'ip6';
+  // Replies are looked up with addresses and ports swapped back to the initiator's view.
+  const [src, dst, sport, dport] = reply
+    ? [`${ip} daddr`, `${ip} saddr`, 'th dport', 'th sport']
+    : [`${ip} saddr`, `${ip} daddr`, 'th sport', 'th dport'];
+  return map.shape === 'ports'
+    ? `meta l4proto { tcp, udp } ${src} . ${dst} . meta l4proto . ${sport} . ${dport} vmap @${map.name}`
+    : `meta l4proto != { tcp, udp } ${src} . ${dst} . meta l4proto vmap @${map.name}`;
+}
+
+function renderMap(s: Script, map: IrMap, pair: IrPairPath, policies: IrPolicy[]): number {
+  const addr = map.family === 4 ? 'ipv4_addr' : 'ipv6_addr';
+  const type = map.shape === 'ports'
+    ? `${addr} . ${addr} . inet_proto . inet_service . inet_service : verdict`
+    : `${addr} . ${addr} . inet_proto : verdict`;
+  s.add('');
+  s.add(`\tmap ${map.name} {`);
+  s.add(`\t\ttype ${type}`);
+  s.add('\t\tflags interval');
+  s.add(`\t\tcomment ${quote(`${pair.origin.name} -> ${pair.destination.name}, ${pathWords(pair.path)}`)}`);
+  s.add('\t\telements = {');
+  map.cells.forEach((cell, i) => {
+    const policy = policies[cell.label];
+    s.add(`\t\t\t${cellKey(cell, map.family)} : goto ${policy.chain}${i < map.cells.length - 1 ? ',' : ''}`, policy.id);
+  });
+  s.add('\t\t}');
+  s.add('\t}');
+  return map.cells.length;
+}
+
+function cellKey(cell: Cell, family: Family): string {
+  const parts = [rangeToNft(cell.lo[0], cell.hi[0], family), rangeToNft(cell.lo[1], cell.hi[1], family)];
+  for (let d = 2; d < cell.lo.length; d++) parts.push(intRange(cell.lo[d], cell.hi[d]));
+  return parts.join(' . ');
+}
+
+const intRange = (lo: bigint, hi: bigint): string => (lo === hi ? `${lo}` : `${lo}-${hi}`);
+
+function renderPolicyChain(s: Script, p: IrPolicy, ir: Ir): void {
+  s.add('');
+  s.add(`\tchain ${p.chain} {`, p.id);
+  const comment = quote(`${p.name}`);
+  if (p.path === 'cloudflare' && ir.tunnel) {
+    const m = hex(ir.tunnel.mark);
+    s.add(`\t\tmeta mark set meta mark | ${m} counter name ${p.counter} accept comment ${comment}`, p.id);
+  } else {
+    s.add(`\t\tcounter name ${p.counter} accept comment ${comment}`, p.id);
+  }
+  s.add('\t}', p.id);
+}
+
+function orderedPairs(lans: Lan[]): [Lan, Lan][] {
+  const out: [Lan, Lan][] = [];
+  for (const a of lans) for (const b of lans) if (a !== b) out.push([a, b]);
+  return out;
+}
+
+const pathWords = (path: TrafficPath): string => (path === 'local' ? 'forwarded locally' : 'via Cloudflare');
+
+export const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
+
+/** nft strings cannot hold `"` and comments are limited to 128 bytes. */
+export function quote(text: string): string {
+  let clean = text.replace(/["\\]/g, "'").replace(/[\x00-\x1f\x7f]/g, ' ');
+  while (new TextEncoder().encode(clean).length > 127) clean = clean.slice(0, -1);
+  return `"${clean}"`;
+}

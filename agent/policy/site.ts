@@ -1,0 +1,121 @@
+// Site config: the LANs of this Connector, the tunnel toward Cloudflare, the table we own.
+import { parseSubnet, type AddressRange } from './address.js';
+import { isObject, join, readInteger, readList, readString, typeName, warnUnknownKeys, type Doc } from './fields.js';
+import {
+  DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, DEFAULT_TUNNEL_MARK,
+  type Lan, type Site, type Tunnel,
+} from './model.js';
+import { ProblemSink, hasErrors, type Problem } from './problems.js';
+
+const SITE_KEYS = ['table', 'lans', 'tunnel', 'policies', 'agent'] as const;
+const LAN_KEYS = ['id', 'name', 'interface', 'subnets'] as const;
+const TUNNEL_KEYS = ['interface', 'gateway', 'gateway6', 'mark', 'route_table', 'rule_priority'] as const;
+
+// Linux IFNAMSIZ is 16 including the NUL; names cannot contain '/', ':' or whitespace.
+const INTERFACE_NAME = /^[^\s/:]{1,15}$/;
+const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+export const LAN_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+export interface SiteResult {
+  site?: Site;
+  problems: Problem[];
+}
+
+export function parseSite(doc: unknown, file: string): SiteResult {
+  const sink = new ProblemSink({ file });
+  if (!isObject(doc)) {
+    sink.error(undefined, `the site config must be a mapping, not ${typeName(doc)}`);
+    return { problems: sink.problems };
+  }
+  warnUnknownKeys(doc, SITE_KEYS, '', sink);
+
+  const table = readString(doc, 'table', '', sink) ?? DEFAULT_TABLE;
+  if (!TABLE_NAME.test(table)) sink.error('table', `"${table}" is not a valid nft table name (letters, digits, _)`);
+
+  const lans: Lan[] = [];
+  const rawLans = readList(doc, 'lans', '', sink);
+  if (!rawLans) sink.error('lans', 'is required: list the LANs of this site');
+  rawLans?.forEach((raw, i) => {
+    const lan = parseLan(raw, join('lans', i), sink);
+    if (lan) lans.push(lan);
+  });
+  checkUnique(lans, (l) => l.id, 'id', 'LAN id', sink);
+  checkUnique(lans, (l) => l.interface, 'interface', 'interface', sink);
+
+  let tunnel: Tunnel | undefined;
+  if (doc.tunnel !== undefined && doc.tunnel !== null) tunnel = parseTunnel(doc.tunnel, lans, sink);
+
+  const policies = readString(doc, 'policies', '', sink);
+  if (doc.agent !== undefined && !isObject(doc.agent)) sink.error('agent', `must be a mapping, not ${typeName(doc.agent)}`);
+
+  if (hasErrors(sink.problems)) return { problems: sink.problems };
+  return { site: { table, lans, tunnel, policies }, problems: sink.problems };
+}
+
+function parseLan(raw: unknown, path: string, sink: ProblemSink): Lan | undefined {
+  if (!isObject(raw)) {
+    sink.error(path, `must be a mapping with id, name and interface, not ${typeName(raw)}`);
+    return undefined;
+  }
+  warnUnknownKeys(raw, LAN_KEYS, path, sink);
+  const id = readString(raw, 'id', path, sink, true);
+  const name = readString(raw, 'name', path, sink) ?? id;
+  const iface = readString(raw, 'interface', path, sink, true);
+  if (id !== undefined && !LAN_ID.test(id)) sink.error(join(path, 'id'), `"${id}" is not a valid LAN id (letters, digits, _ and -, up to 64)`);
+  if (iface !== undefined && !INTERFACE_NAME.test(iface)) {
+    sink.error(join(path, 'interface'), `"${iface}" is not a valid interface name (1–15 characters, no spaces, / or :)`);
+  }
+  const subnets: AddressRange[] = [];
+  readList(raw, 'subnets', path, sink)?.forEach((s, i) => {
+    const at = join(join(path, 'subnets'), i);
+    if (typeof s !== 'string') return sink.error(at, `must be an address or prefix string, not ${typeName(s)}`);
+    const parsed = parseSubnet(s);
+    if (!parsed.ok) return sink.error(at, parsed.reason);
+    if (parsed.hostBitsSet) sink.warn(at, `"${s}" has host bits set; using ${parsed.range.text}`);
+    subnets.push(parsed.range);
+  });
+  if (id === undefined || iface === undefined || !LAN_ID.test(id) || !INTERFACE_NAME.test(iface)) return undefined;
+  return { id, name: name ?? id, interface: iface, subnets };
+}
+
+function parseTunnel(raw: unknown, lans: Lan[], sink: ProblemSink): Tunnel | undefined {
+  if (!isObject(raw)) {
+    sink.error('tunnel', `must be a mapping, not ${typeName(raw)}`);
+    return undefined;
+  }
+  warnUnknownKeys(raw, TUNNEL_KEYS, 'tunnel', sink);
+  const iface = readString(raw, 'interface', 'tunnel', sink, true);
+  if (iface !== undefined && !INTERFACE_NAME.test(iface)) sink.error('tunnel.interface', `"${iface}" is not a valid interface name`);
+  if (iface !== undefined && lans.some((l) => l.interface === iface)) {
+    sink.error('tunnel.interface', `"${iface}" is also a LAN interface; the tunnel needs its own`);
+  }
+  const gateway = readGateway(raw, 'gateway', 4, sink);
+  const gateway6 = readGateway(raw, 'gateway6', 6, sink);
+  const mark = readInteger(raw, 'mark', 'tunnel', sink, 1, 0xffffffff) ?? DEFAULT_TUNNEL_MARK;
+  const routeTable = readInteger(raw, 'route_table', 'tunnel', sink, 1, 0xfffffffe) ?? DEFAULT_ROUTE_TABLE;
+  if ([253, 254, 255].includes(routeTable)) sink.error('tunnel.route_table', `${routeTable} is a reserved table (default/main/local)`);
+  const rulePriority = readInteger(raw, 'rule_priority', 'tunnel', sink, 1, 32765) ?? DEFAULT_RULE_PRIORITY;
+  if (iface === undefined) return undefined;
+  return { interface: iface, gateway, gateway6, mark, routeTable, rulePriority };
+}
+
+function readGateway(raw: Doc, key: string, family: 4 | 6, sink: ProblemSink): string | undefined {
+  const v = readString(raw, key, 'tunnel', sink);
+  if (v === undefined) return undefined;
+  const parsed = parseSubnet(v);
+  if (!parsed.ok || v.includes('/') || parsed.range.family !== family) {
+    sink.error(join('tunnel', key), `"${v}" is not an IPv${family} address`);
+    return undefined;
+  }
+  return parsed.range.text;
+}
+
+function checkUnique<T>(items: T[], key: (t: T) => string, field: string, what: string, sink: ProblemSink): void {
+  const seen = new Map<string, number>();
+  items.forEach((item, i) => {
+    const k = key(item);
+    const first = seen.get(k);
+    if (first !== undefined) sink.error(join(join('lans', i), field), `duplicate ${what} "${k}" (also lans[${first}])`);
+    else seen.set(k, i);
+  });
+}
