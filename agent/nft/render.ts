@@ -22,6 +22,14 @@ export interface Rendered {
   /** 1-based script line → id of the policy that line belongs to; maps nft errors back to input. */
   lineOwners: Map<number, string>;
   elementCount: number;
+  /** What the kernel must hold afterwards; the read-back is compared with it. */
+  manifest: Manifest;
+}
+
+export interface Manifest {
+  chains: Record<string, number>;
+  maps: Record<string, number>;
+  counters: string[];
 }
 
 export const FORWARD_CHAIN = 'forward';
@@ -76,8 +84,13 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
   }
   s.add('\t}');
 
+  const rendered = new Set<string>();
   for (const pair of ir.pairs) {
-    for (const map of [...pair.initiate, ...pair.reply]) elementCount += renderMap(s, map, pair, ir.policies);
+    for (const map of [...pair.initiate, ...pair.reply]) {
+      if (rendered.has(map.name)) continue; // reply maps may share the initiate map
+      rendered.add(map.name);
+      elementCount += renderMap(s, map, pair, ir.policies);
+    }
   }
 
   // forward: every packet from one LAN interface to another. Anything else is not ours.
@@ -110,7 +123,7 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
 
   for (const p of ir.policies) renderPolicyChain(s, p, ir);
   s.add('}');
-  return { text: `${s.lines.join('\n')}\n`, lineOwners: s.owners, elementCount };
+  return { text: `${s.lines.join('\n')}\n`, lineOwners: s.owners, elementCount, manifest: manifestOf(s.lines) };
 }
 
 /**
@@ -222,6 +235,25 @@ function renderPolicyChain(s: Script, p: IrPolicy, ir: Ir): void {
     s.add(`\t\tcounter name ${p.counter} accept comment ${comment}`, p.id);
   }
   s.add('\t}', p.id);
+}
+
+/** Rules per chain, elements per map, named counters, read off the script just written. */
+function manifestOf(lines: string[]): Manifest {
+  const manifest: Manifest = { chains: {}, maps: {}, counters: [] };
+  let chain: string | undefined;
+  let map: string | undefined;
+  let inElements = false;
+  for (const line of lines) {
+    let m: RegExpExecArray | null;
+    if ((m = /^\tchain (\S+) \{$/.exec(line))) [chain, manifest.chains[m[1]]] = [m[1], 0];
+    else if ((m = /^\tmap (\S+) \{$/.exec(line))) [map, manifest.maps[m[1]]] = [m[1], 0];
+    else if ((m = /^\tcounter (\S+) \{$/.exec(line))) manifest.counters.push(m[1]);
+    else if (line === '\t}') [chain, map, inElements] = [undefined, undefined, false];
+    else if (chain && line.startsWith('\t\t') && !line.startsWith('\t\ttype ')) manifest.chains[chain]++;
+    else if (map && line === '\t\telements = {') inElements = true;
+    else if (map && inElements && line.startsWith('\t\t\t')) manifest.maps[map]++;
+  }
+  return manifest;
 }
 
 function orderedPairs(lans: Lan[]): [Lan, Lan][] {
