@@ -54,13 +54,17 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
         }
         return maps;
       };
+      const initiate = build('i', g.members);
+      const bidirectional = g.members.filter((i) => !sorted[i].unidirectional);
+      // All bidirectional: replies use the very same maps (half the elements to load).
+      const reply = bidirectional.length === g.members.length ? initiate : build('r', bidirectional);
       return {
         origin: site.lans[g.origin - 1],
         destination: site.lans[g.destination - 1],
         path: g.path,
         key,
-        initiate: build('i', g.members),
-        reply: build('r', g.members.filter((i) => !sorted[i].unidirectional)),
+        initiate,
+        reply,
       };
     });
 
