@@ -14,15 +14,18 @@ export interface Box {
 
 export type Cell = Box;
 
-/** Returns disjoint cells whose union equals the union of `boxes`. Every dimension is inclusive. */
-export function decompose(boxes: readonly Box[]): Cell[] {
+/**
+ * Returns disjoint cells whose union equals the union of `boxes`. Every dimension is inclusive.
+ * Where boxes overlap, the cell gets the covering label of lowest `rank` (default: the label itself).
+ */
+export function decompose(boxes: readonly Box[], rank: (label: number) => number = (l) => l): Cell[] {
   if (boxes.length === 0) return [];
   const dims = boxes[0].lo.length;
   const cells: Cell[] = [];
   // Only boxes that really overlap need cutting; the rest stay whole (fewer, readable elements).
   for (const group of overlapGroups(boxes, dims)) {
     if (group.length === 1) cells.push({ lo: [...group[0].lo], hi: [...group[0].hi], label: group[0].label });
-    else for (const p of split(group, 0, dims)) cells.push({ lo: p.lo, hi: p.hi, label: p.label });
+    else for (const p of split(group, 0, dims, rank)) cells.push({ lo: p.lo, hi: p.hi, label: p.label });
   }
   return cells.sort(compareCells);
 }
@@ -78,10 +81,10 @@ interface Part {
   label: number;
 }
 
-function split(boxes: readonly Box[], d: number, dims: number): Part[] {
+function split(boxes: readonly Box[], d: number, dims: number, rank: (label: number) => number): Part[] {
   if (d === dims) {
     let label = boxes[0].label;
-    for (const b of boxes) if (b.label < label) label = b.label;
+    for (const b of boxes) if (rank(b.label) < rank(label) || (rank(b.label) === rank(label) && b.label < label)) label = b.label;
     return [{ lo: [], hi: [], label }];
   }
   // Fast path: one box covers its own range in the remaining dimensions.
@@ -112,7 +115,7 @@ function split(boxes: readonly Box[], d: number, dims: number): Part[] {
       flush();
       continue;
     }
-    const sub = split(active, d + 1, dims);
+    const sub = split(active, d + 1, dims, rank);
     const key = partsKey(sub);
     if (run && run.end + 1n === start && run.key === key) run.end = end;
     else {

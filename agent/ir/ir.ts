@@ -29,8 +29,11 @@ export interface IrMap {
 }
 
 /**
- * One origin → destination LAN pair on one traffic path. `initiate` holds every policy (packets
- * in the direction of the flow's initiator); `reply` only the bidirectional ones.
+ * One origin → destination LAN pair on one traffic path. `initiate`: maps looked up for packets
+ * in the initiator's direction. `reply`: the same maps, looked up (with the key swapped back to
+ * the initiator's view) for replies; empty when every policy of the pair is unidirectional.
+ * A reply whose cell belongs to a unidirectional policy is not allowed: no bidirectional policy
+ * covers that cell, because overlapping cells go to bidirectional policies first.
  */
 export interface IrPairPath {
   origin: Lan;

@@ -41,23 +41,22 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
     .map((g) => {
       const key = `${g.origin}_${g.destination}`;
       const prefix = g.path === 'local' ? 'l' : 'c';
-      const build = (direction: 'i' | 'r', members: number[]): IrMap[] => {
-        const maps: IrMap[] = [];
-        for (const family of FAMILIES) {
-          for (const shape of SHAPES) {
-            const boxes = members.flatMap((i) => policyBoxes(sorted[i], i, family, shape));
-            const cells = decompose(boxes);
-            if (cells.length > 0) {
-              maps.push({ name: `${prefix}${direction}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, cells });
-            }
+      // One set of maps serves both directions. Where policies overlap, a cell belongs to a
+      // bidirectional policy if any covers it, so a reply that lands on a unidirectional
+      // policy's cell is one no bidirectional policy allows (its chain lets replies fall through).
+      const rank = (i: number) => (sorted[i].unidirectional ? sorted.length + i : i);
+      const maps: IrMap[] = [];
+      for (const family of FAMILIES) {
+        for (const shape of SHAPES) {
+          const boxes = g.members.flatMap((i) => policyBoxes(sorted[i], i, family, shape));
+          const cells = decompose(boxes, rank);
+          if (cells.length > 0) {
+            maps.push({ name: `${prefix}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, cells });
           }
         }
-        return maps;
-      };
-      const initiate = build('i', g.members);
-      const bidirectional = g.members.filter((i) => !sorted[i].unidirectional);
-      // All bidirectional: replies use the very same maps (half the elements to load).
-      const reply = bidirectional.length === g.members.length ? initiate : build('r', bidirectional);
+      }
+      const initiate = maps;
+      const reply = g.members.some((i) => !sorted[i].unidirectional) ? maps : [];
       return {
         origin: site.lans[g.origin - 1],
         destination: site.lans[g.destination - 1],

@@ -227,6 +227,8 @@ const intRange = (lo: bigint, hi: bigint): string => (lo === hi ? `${lo}` : `${l
 function renderPolicyChain(s: Script, p: IrPolicy, ir: Ir): void {
   s.add('');
   s.add(`\tchain ${p.chain} {`, p.id);
+  // Unidirectional: the shared maps also answer reply lookups; a reply falls through to the drop.
+  if (p.unidirectional) s.add('\t\tct direction reply return', p.id);
   const comment = quote(`${p.name}`);
   if (p.path === 'cloudflare' && ir.tunnel) {
     const m = hex(ir.tunnel.mark);
