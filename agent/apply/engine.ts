@@ -4,7 +4,7 @@ import type { Ir } from '../ir/ir.js';
 import { NftError, isPermissionError } from '../nft/errors.js';
 import type { NftClient } from '../nft/client.js';
 import { SpawnError } from '../nft/exec.js';
-import { compareManifests, type LiveTable } from '../nft/live.js';
+import { compareManifests, tableComment, type LiveTable } from '../nft/live.js';
 import { render, type CounterValue } from '../nft/render.js';
 import type { PolicyRouting, RoutingReport } from '../netlink/routing.js';
 import { sha256Hex } from '../policy/hash.js';
@@ -50,11 +50,11 @@ export function parseTableComment(comment: string | undefined): TableMeta {
 }
 
 /** Counters of policies whose content is unchanged carry over; changed or new policies start at zero. */
-export function keptCounters(ir: Ir, live: LiveTable | undefined): Map<string, CounterValue> {
+export function keptCounters(ir: Ir, live: LiveTable['counters'] | undefined): Map<string, CounterValue> {
   const kept = new Map<string, CounterValue>();
   if (!live) return kept;
   for (const p of ir.policies) {
-    const c = live.counters.get(p.counter);
+    const c = live.get(p.counter);
     if (c && c.comment.startsWith(`${p.contentHash} `)) kept.set(p.counter, { packets: c.packets, bytes: c.bytes });
   }
   return kept;
@@ -62,7 +62,7 @@ export function keptCounters(ir: Ir, live: LiveTable | undefined): Map<string, C
 
 export async function readLive(engine: Engine, table: string): Promise<LiveTable | undefined> {
   try {
-    return await engine.nft.readTable(table);
+    return await engine.nft.readTable(table, { withComment: true });
   } catch (err) {
     throw environmentOr(err);
   }
@@ -79,9 +79,17 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
   const ir = lower(site, policies);
   const hash = rulesetHash(ir);
   const warnings: string[] = [];
-  const live = await readLive(engine, site.table);
-  const previousText = live ? await engine.nft.tableText(site.table) : undefined;
-  const counters = keptCounters(ir, live);
+  // Before: the table as text (kept to restore it) and its counters. At 10k policies each
+  // listing costs about a second, so read no more than these two.
+  let previousText: string | undefined;
+  let liveCounters: LiveTable['counters'] | undefined;
+  try {
+    previousText = await engine.nft.tableText(site.table);
+    liveCounters = previousText === undefined ? undefined : await engine.nft.readCounters(site.table);
+  } catch (err) {
+    throw environmentOr(err);
+  }
+  const counters = keptCounters(ir, liveCounters);
 
   let links: Set<string> | undefined;
   try {
@@ -141,7 +149,7 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
     countersKept: counters.size,
     routing,
     warnings: [...warnings, ...routing.warnings],
-    unchanged: parseTableComment(live?.comment).hash === hash,
+    unchanged: parseTableComment(tableComment(previousText)).hash === hash,
   };
 }
 

@@ -1,7 +1,7 @@
 // nft operations as argument arrays and stdin text, over an injected runner.
 import { nftErrorFrom } from './errors.js';
 import { runChecked, type CommandRunner } from './exec.js';
-import { parseLiveTable, type LiveTable } from './live.js';
+import { parseCounters, parseLiveTable, tableComment, type LiveCounter, type LiveTable } from './live.js';
 
 export class NftClient {
   constructor(private readonly runner: CommandRunner, private readonly binary = 'nft') {}
@@ -27,7 +27,19 @@ export class NftClient {
     throw err;
   }
 
-  async readTable(table: string): Promise<LiveTable | undefined> {
+  /** The table's named counters (`nft -j list counters`), or undefined when the table does not exist. */
+  async readCounters(table: string): Promise<Map<string, LiveCounter> | undefined> {
+    const r = await this.runner.run([this.binary, '-j', 'list', 'counters', 'table', 'inet', table]);
+    if (r.code !== 0) {
+      const err = nftErrorFrom(r.stderr);
+      if (err.kind === 'not-found') return undefined;
+      throw err;
+    }
+    return parseCounters(r.stdout, table);
+  }
+
+  /** Parsed `nft -j list table`; `withComment` costs a second (text) listing on nft 1.0.x. */
+  async readTable(table: string, options: { withComment?: boolean } = {}): Promise<LiveTable | undefined> {
     const r = await this.runner.run([this.binary, '-j', 'list', 'table', 'inet', table]);
     if (r.code !== 0) {
       const err = nftErrorFrom(r.stderr);
@@ -35,11 +47,9 @@ export class NftClient {
       throw err;
     }
     const live = parseLiveTable(r.stdout, table);
-    if (live && live.comment === undefined) {
+    if (live && live.comment === undefined && options.withComment) {
       // nft 1.0.x leaves the table comment out of its JSON; the text form has it on line 2.
-      const text = await this.tableText(table);
-      const m = text ? /^table inet \S+ \{\n\tcomment "([^"]*)"/.exec(text) : null;
-      if (m) live.comment = m[1];
+      live.comment = tableComment(await this.tableText(table));
     }
     return live;
   }

@@ -45,6 +45,23 @@ export function parseLiveTable(jsonText: string, table: string): LiveTable | und
   return live;
 }
 
+export function parseCounters(jsonText: string, table: string): Map<string, LiveCounter> {
+  const doc = JSON.parse(jsonText) as { nftables?: Json[] };
+  const out = new Map<string, LiveCounter>();
+  for (const item of doc.nftables ?? []) {
+    const c = item.counter;
+    if (c && c.table === table && c.family === 'inet') {
+      out.set(c.name, { name: c.name, comment: c.comment ?? '', packets: c.packets ?? 0, bytes: c.bytes ?? 0 });
+    }
+  }
+  return out;
+}
+
+/** The table comment from `nft list table` text (nft 1.0.x leaves it out of its JSON). */
+export function tableComment(text: string | undefined): string | undefined {
+  return text ? /^table inet \S+ \{\n\tcomment "([^"]*)"/.exec(text)?.[1] : undefined;
+}
+
 /** Differences between what was compiled and what the kernel holds; empty means verified. */
 export function compareManifests(expected: Manifest, live: Manifest): string[] {
   const out: string[] = [];
