@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the system tools connector-acl and its kernel tests need are installed:
-#   nft (nftables), ip (iproute2), conntrack (conntrack), ping (iputils-ping).
+#   nft (nftables), ip (iproute2), conntrack (conntrack), ping (iputils-ping), sysctl (procps).
 # Installs only what is missing, with apt-get; runs `apt-get update` only when an install is needed.
 # Exits non-zero with a message when something is missing and cannot be installed.
 set -euo pipefail
@@ -10,11 +10,12 @@ declare -A PACKAGE_OF=(
   [ip]=iproute2
   [conntrack]=conntrack
   [ping]=iputils-ping
+  [sysctl]=procps
 )
 
 missing_packages=()
 missing_commands=()
-for cmd in nft ip conntrack ping; do
+for cmd in nft ip conntrack ping sysctl; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     missing_commands+=("$cmd")
     missing_packages+=("${PACKAGE_OF[$cmd]}")
