@@ -10,6 +10,7 @@ import { systemRunner } from '../nft/exec.js';
 import { render } from '../nft/render.js';
 import { PolicyRouting } from '../netlink/routing.js';
 import { formatProblem, type Problem } from '../policy/problems.js';
+import { registerExtraCommands } from './commands.js';
 
 interface GlobalOptions {
   config: string;
@@ -155,6 +156,7 @@ function mapEnvironment(e: unknown): unknown {
 
 async function main(): Promise<void> {
   try {
+    await registerExtraCommands(program);
     await program.parseAsync(process.argv);
   } catch (e) {
     const error = mapEnvironment(e);
