@@ -156,7 +156,7 @@ function mapEnvironment(e: unknown): unknown {
 
 async function main(): Promise<void> {
   try {
-    await registerExtraCommands(program);
+    registerExtraCommands(program);
     await program.parseAsync(process.argv);
   } catch (e) {
     const error = mapEnvironment(e);
