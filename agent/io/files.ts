@@ -1,7 +1,7 @@
 // Reading the site config and policy files from disk. Parse errors carry line and column.
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import YAML from 'yaml';
+import YAML, { LineCounter } from 'yaml';
 import type { PolicyDocument } from '../policy/acl.js';
 import type { Problem } from '../policy/problems.js';
 
@@ -12,38 +12,80 @@ export interface Loaded<T> {
 
 const POLICY_EXTENSIONS = ['.json', '.yaml', '.yml'];
 
-/** Parses JSON or YAML text (JSON is chosen by extension or a leading `{`/`[`). */
+/** Parses JSON or YAML text (JSON by the `.json` extension). Syntax errors carry line and column. */
 export function parseDocumentText(text: string, file: string): Loaded<unknown> {
-  const looksJson = file.endsWith('.json') || /^\s*[[{]/.test(text);
-  if (looksJson && file.endsWith('.json')) {
+  if (file.endsWith('.json')) {
     try {
       return { value: JSON.parse(text), problems: [] };
     } catch (err) {
-      const message = (err as Error).message;
-      const pos = /position (\d+)/.exec(message);
-      const { line, column } = pos ? lineColumn(text, Number(pos[1])) : { line: undefined, column: undefined };
-      return { problems: [{ severity: 'error', file, line, column, message: `invalid JSON: ${message.replace(/ in JSON at position \d+.*$/, '')}` }] };
+      const { message, offset } = describeJsonError(text, (err as Error).message);
+      const { line, column } = lineColumn(text, offset);
+      return { problems: [{ severity: 'error', file, line, column, message: `invalid JSON: ${message}` }] };
     }
   }
-  const doc = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const looksJson = /^\s*[[{]/.test(text);
+  const lineCounter = new LineCounter();
+  const doc = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter });
   if (doc.errors.length > 0) {
     return {
-      problems: doc.errors.map((e) => ({
-        severity: 'error' as const,
-        file,
-        line: e.linePos?.[0].line,
-        column: e.linePos?.[0].col,
-        message: `invalid ${looksJson ? 'JSON' : 'YAML'}: ${e.message.split('\n')[0]}`,
-      })),
+      problems: doc.errors.map((e) => {
+        const pos = lineCounter.linePos(e.pos[0]);
+        return {
+          severity: 'error' as const,
+          file,
+          line: pos.line,
+          column: pos.col,
+          message: `invalid ${looksJson ? 'JSON' : 'YAML'}: ${e.message.split('\n')[0]}`,
+        };
+      }),
     };
   }
-  return { value: doc.toJS({ maxAliasCount: 100 }), problems: [] };
+  try {
+    return { value: doc.toJS({ maxAliasCount: 100 }), problems: [] };
+  } catch (err) {
+    // An alias to an unknown anchor, or too many aliases (a "billion laughs" document).
+    return { problems: [{ severity: 'error', file, message: `invalid YAML: ${(err as Error).message}` }] };
+  }
 }
 
+/**
+ * V8's JSON errors name the position for most mistakes but not all ("Unexpected token ']',
+ * ...snippet... is not valid JSON", "Unexpected end of JSON input"). Then the position is found
+ * as the shortest prefix that already fails before its end.
+ */
+function describeJsonError(text: string, raw: string): { message: string; offset: number } {
+  const at = / in JSON at position (\d+)/.exec(raw);
+  let message = raw.replace(/ in JSON at position \d+.*$/s, '').replace(/^(Unexpected token .+?), .*is not valid JSON$/s, '$1');
+  if (at) return { message, offset: Number(at[1]) };
+  if (/^Unexpected end of JSON input/.test(raw)) return { message: 'unexpected end of input', offset: text.length };
+  const hardError = (length: number): boolean => {
+    try {
+      JSON.parse(text.slice(0, length));
+      return false;
+    } catch (e) {
+      // A cut-off prefix fails at its very end; a real mistake fails before it.
+      const m = (e as Error).message;
+      if (/^Unexpected end of JSON input/.test(m)) return false;
+      const pos = / in JSON at position (\d+)/.exec(m);
+      return !pos || Number(pos[1]) < length;
+    }
+  };
+  let lo = 1;
+  let hi = text.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (hardError(mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  if (message === raw) message = 'not valid JSON';
+  return { message, offset: lo - 1 };
+}
+
+/** 1-based line and column of a character offset. */
 function lineColumn(text: string, offset: number): { line: number; column: number } {
-  const before = text.slice(0, offset);
+  const before = text.slice(0, Math.min(offset, text.length));
   const line = before.split('\n').length;
-  return { line, column: offset - before.lastIndexOf('\n') };
+  return { line, column: before.length - before.lastIndexOf('\n') };
 }
 
 export async function readDocument(file: string): Promise<Loaded<unknown>> {
