@@ -56,7 +56,7 @@ export function readInteger(
   const v = doc[key];
   if (v === undefined || v === null) return undefined;
   let n: number;
-  if (typeof v === 'number') n = v;
+  if (typeof v === 'number' && Number.isInteger(v)) n = v;
   else if (typeof v === 'string' && /^(0x[0-9a-f]+|\d+)$/i.test(v.trim())) n = Number(v.trim());
   else {
     sink.error(join(path, key), `must be an integer, not ${typeName(v)}`);

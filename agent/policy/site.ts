@@ -32,15 +32,17 @@ export function parseSite(doc: unknown, file: string): SiteResult {
   const table = readString(doc, 'table', '', sink) ?? DEFAULT_TABLE;
   if (!TABLE_NAME.test(table)) sink.error('table', `"${table}" is not a valid nft table name (letters, digits, _)`);
 
-  const lans: Lan[] = [];
+  // Parsed LANs with their index in the document, so messages point at the right entry.
+  const parsed: { lan: Lan; index: number }[] = [];
   const rawLans = readList(doc, 'lans', '', sink);
-  if (!rawLans) sink.error('lans', 'is required: list the LANs of this site');
+  if (doc.lans === undefined || doc.lans === null) sink.error('lans', 'is required: list the LANs of this site');
   rawLans?.forEach((raw, i) => {
     const lan = parseLan(raw, join('lans', i), sink);
-    if (lan) lans.push(lan);
+    if (lan) parsed.push({ lan, index: i });
   });
-  checkUnique(lans, (l) => l.id, 'id', 'LAN id', sink);
-  checkUnique(lans, (l) => l.interface, 'interface', 'interface', sink);
+  checkUnique(parsed, (l) => l.id, 'id', 'LAN id', sink);
+  checkUnique(parsed, (l) => l.interface, 'interface', 'interface', sink);
+  const lans = parsed.map((p) => p.lan);
 
   let tunnel: Tunnel | undefined;
   if (doc.tunnel !== undefined && doc.tunnel !== null) tunnel = parseTunnel(doc.tunnel, lans, sink);
@@ -110,12 +112,14 @@ function readGateway(raw: Doc, key: string, family: 4 | 6, sink: ProblemSink): s
   return parsed.range.text;
 }
 
-function checkUnique<T>(items: T[], key: (t: T) => string, field: string, what: string, sink: ProblemSink): void {
+function checkUnique(
+  items: { lan: Lan; index: number }[], key: (l: Lan) => string, field: string, what: string, sink: ProblemSink,
+): void {
   const seen = new Map<string, number>();
-  items.forEach((item, i) => {
-    const k = key(item);
+  for (const { lan, index } of items) {
+    const k = key(lan);
     const first = seen.get(k);
-    if (first !== undefined) sink.error(join(join('lans', i), field), `duplicate ${what} "${k}" (also lans[${first}])`);
-    else seen.set(k, i);
-  });
+    if (first !== undefined) sink.error(join(join('lans', index), field), `duplicate ${what} "${k}" (also lans[${first}])`);
+    else seen.set(k, index);
+  }
 }
