@@ -55,8 +55,12 @@ export function parsePolicies(docs: readonly PolicyDocument[], site: Site): Poli
       if (!policy) return;
       const earlier = firstSeen.get(policy.id);
       if (earlier) {
-        fileSink.scoped({ policy: { name: policy.name, id: policy.id } }).error(
-          'id', `duplicate id: also used by policy "${earlier.name}" in ${earlier.source.file}`);
+        const sink = fileSink.scoped({ policy: { name: policy.name, id: policy.id } });
+        if (isObject(raw) && typeof raw.id === 'string') {
+          sink.error('id', `duplicate id: also used by policy "${earlier.name}" in ${earlier.source.file}`);
+        } else {
+          sink.error(undefined, `duplicate: the same content as policy "${earlier.name}" in ${earlier.source.file} (an ACL without id gets an id derived from its content)`);
+        }
         return;
       }
       firstSeen.set(policy.id, policy);
@@ -101,8 +105,14 @@ function parseAcl(raw: unknown, index: number, file: string, site: Site, fileSin
     sink.warn('unidirectional', 'unidirectional with all protocols ("Any") will break TCP traffic: no reply can come back');
   }
   if (protocols.length > 0 && !protocols.includes('tcp') && !protocols.includes('udp')) {
-    for (const [side, ep] of [['lan_1', origin], ['lan_2', destination]] as const) {
-      if (ep && ep.ports.length > 0) sink.warn(`${side}.ports`, 'ports do not apply: none of the chosen protocols (icmp) has ports');
+    for (const side of ['lan_1', 'lan_2'] as const) {
+      const ep = raw[side];
+      for (const key of ['ports', 'port_ranges'] as const) {
+        const given = isObject(ep) ? ep[key] : undefined;
+        if ((Array.isArray(given) && given.length > 0) || (typeof given === 'string' && given.trim() !== '')) {
+          sink.warn(join(side, key), 'ports do not apply: none of the chosen protocols (icmp) has ports');
+        }
+      }
     }
   }
   if (origin && destination) checkFamilies(origin, destination, sink);
