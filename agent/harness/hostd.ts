@@ -175,7 +175,7 @@ function sessionClose(req) {
 function udpClient(req) {
   return new Promise((resolve) => {
     const started = Date.now();
-    const sock = dgram.createSocket(familyOf(req.host) === 6 ? 'udp6' : 'udp4');
+    const sock = dgram.createSocket(familyOf(req.host) === 6 ? { type: 'udp6', ipv6Only: true } : 'udp4');
     const want = 'cacl:' + req.token;
     let done = false;
     let timer;

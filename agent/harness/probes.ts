@@ -140,12 +140,18 @@ interface ClientReply {
   handle?: number;
 }
 
+const LOCAL_ERRORS = new Set(['EADDRINUSE', 'EADDRNOTAVAIL', 'EACCES', 'EINVAL', 'EBADF', 'ERR_SOCKET_BAD_PORT']);
+
 /** Runs one client request, retrying with a new source port when an automatic one is taken. */
 async function clientRequest(from: Host, op: string, args: Record<string, unknown>, options: ProbeOptions, timeoutMs: number): Promise<{ reply: ClientReply; srcPort: number }> {
   for (let attempt = 0; ; attempt++) {
     const srcPort = options.srcPort ?? from.site.nextPort();
     const reply = await from.agent.request<ClientReply>(op, { ...args, srcPort, timeoutMs }, 2 * timeoutMs + 5_000);
     if (reply.error === 'EADDRINUSE' && options.srcPort === undefined && attempt < 5) continue;
+    // The client could not even send: that says nothing about the network, so it is no result.
+    if (reply.error && LOCAL_ERRORS.has(reply.error)) {
+      throw new Error(`${op} probe from ${from.name} (source port ${srcPort}) could not send: ${reply.error}`);
+    }
     return { reply, srcPort };
   }
 }
