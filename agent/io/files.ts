@@ -54,8 +54,8 @@ export function parseDocumentText(text: string, file: string): Loaded<unknown> {
  * as the shortest prefix that already fails before its end.
  */
 function describeJsonError(text: string, raw: string): { message: string; offset: number } {
-  const at = / in JSON at position (\d+)/.exec(raw);
-  let message = raw.replace(/ in JSON at position \d+.*$/s, '').replace(/^(Unexpected token .+?), .*is not valid JSON$/s, '$1');
+  const at = / at position (\d+)/.exec(raw);
+  let message = raw.replace(/ (in JSON )?at position \d+.*$/s, '');
   if (at) return { message, offset: Number(at[1]) };
   if (/^Unexpected end of JSON input/.test(raw)) return { message: 'unexpected end of input', offset: text.length };
   const hardError = (length: number): boolean => {
@@ -66,7 +66,7 @@ function describeJsonError(text: string, raw: string): { message: string; offset
       // A cut-off prefix fails at its very end; a real mistake fails before it.
       const m = (e as Error).message;
       if (/^Unexpected end of JSON input/.test(m)) return false;
-      const pos = / in JSON at position (\d+)/.exec(m);
+      const pos = / at position (\d+)/.exec(m);
       return !pos || Number(pos[1]) < length;
     }
   };
@@ -77,8 +77,11 @@ function describeJsonError(text: string, raw: string): { message: string; offset
     if (hardError(mid)) hi = mid;
     else lo = mid + 1;
   }
-  if (message === raw) message = 'not valid JSON';
-  return { message, offset: lo - 1 };
+  const offset = lo - 1;
+  const c = text[offset];
+  if (/^Unexpected token/.test(raw)) message = `Unexpected ${c === '\n' || c === '\r' ? 'line break' : /\s/.test(c) ? 'white space' : `token '${c}'`}`;
+  else message = 'not valid JSON';
+  return { message, offset };
 }
 
 /** 1-based line and column of a character offset. */
