@@ -137,7 +137,7 @@ export async function listNamespaces(): Promise<string[]> {
 export async function sweepStaleNamespaces(): Promise<string[]> {
   const stale: string[] = [];
   for (const name of await listNamespaces()) {
-    const m = /^cacl-(\d+)-/.exec(name);
+    const m = /^cacl-(\d+)-[0-9a-f]{6}-/.exec(name);
     if (!m) continue;
     const pid = Number(m[1]);
     if (pid === process.pid) continue;
