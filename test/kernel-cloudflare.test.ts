@@ -2,7 +2,7 @@
 // tunnel (cf0), sent straight back by the Cloudflare namespace and delivered by the Connector. The
 // Cloudflare namespace counts every packet it forwards, so "crossed the tunnel" is measured.
 import t from 'tap';
-import { icmpProbe, run, tcpProbe, tcpSession, udpProbe } from '../agent/harness/index.js';
+import { icmpProbe, run, runCli, tcpProbe, tcpSession, udpProbe } from '../agent/harness/index.js';
 import { acl, expectFlow, expectTunnel, kernelSite, kernelSkipReason, rootState } from './support/kernel.js';
 
 const skip = await kernelSkipReason();
@@ -23,12 +23,13 @@ if (skip) {
   const srv = site.host('srv');
   const db = site.host('db');
 
-  await k.applyOk(t, [
+  const policies = [
     acl('cfweb', lan1, lan2, { forward_locally: false, protocols: ['tcp', 'udp', 'icmp'], to: { ports: [443, 53] } }),
     acl('cflog', lan1, lan3, { forward_locally: false, protocols: ['udp'], unidirectional: true, to: { ports: [514] } }),
     acl('locdb', lan1, lan3, { protocols: ['tcp'], to: { ports: [5432] } }),
     acl('locssh', lan2, lan1, { protocols: ['tcp'], to: { ports: [22] } }),
-  ]);
+  ];
+  await k.applyOk(t, policies);
 
   t.test('the apply installed the tunnel routing in the Connector namespace', async (t) => {
     const ns = site.connector;
@@ -110,6 +111,36 @@ if (skip) {
     const [a, b] = await Promise.all([tcpProbe(c1, site.wanHost!, 443), udpProbe(srv, site.wanHost!, 53, { family: 6 })]);
     expectFlow(t, a, 'passed', 'none');
     expectFlow(t, b, 'passed', 'none');
+  });
+
+  t.test('a flow allowed both locally and via Cloudflare goes via Cloudflare', async (t) => {
+    await k.applyOk(t, [...policies, acl('locweb', lan1, lan2, { protocols: ['tcp'], to: { port_ranges: ['443-444'] } })]);
+    const [both, localOnly] = await Promise.all([tcpProbe(c1, srv, 443), tcpProbe(c1, srv, 444)]);
+    expectFlow(t, both, 'passed', 'both');
+    expectFlow(t, localOnly, 'passed', 'none');
+    await k.applyOk(t, policies);
+  });
+
+  t.test('without the tunnel route, via-Cloudflare traffic is dropped, never shortcut locally', async (t) => {
+    for (const family of ['-4', '-6']) {
+      const r = await site.exec(site.connector, ['ip', family, 'route', 'flush', 'table', '207']);
+      t.equal(r.code, 0, `flushed table 207 (${family})`);
+    }
+    const [a, b, local] = await Promise.all([
+      tcpProbe(c1, srv, 443),
+      udpProbe(c1, srv, 53, { family: 6 }),
+      tcpProbe(c1, db, 5432),
+    ]);
+    expectFlow(t, a, 'dropped', 'none');
+    expectFlow(t, b, 'dropped', 'none');
+    expectFlow(t, local, 'passed', 'none');
+    const status = await runCli(site, ['status', '--json', '-c', k.siteFile]);
+    const drops = (JSON.parse(status.stdout) as { drops: { comment: string; packets: number }[] }).drops;
+    const steered = drops.filter((d) => /via Cloudflare but routed locally/.test(d.comment)).reduce((n, d) => n + d.packets, 0);
+    t.ok(steered > 0, `the drops are counted as "via Cloudflare but routed locally" (${steered} packets)`, { drops });
+
+    await k.applyOk(t, policies);
+    expectFlow(t, await tcpProbe(c1, srv, 443), 'passed', 'both');
   });
 
   t.test('the root namespace is untouched', async (t) => {

@@ -101,6 +101,21 @@ if (skip) {
     expectFlow(t, await tcpProbe(c1, srv, 443), 'passed', 'both');
   });
 
+  t.test('narrowing a policy cuts the flows it no longer allows, keeps the others', async (t) => {
+    const wide = acl('narrowme', lan2, lan3, { protocols: ['tcp', 'udp'], to: { port_ranges: ['6000-6001'] } });
+    const narrow = acl('narrowme', lan2, lan3, { protocols: ['tcp', 'udp'], to: { ports: [6001] } });
+    await k.applyOk(t, [...v1, wide]);
+    const [s0, s1] = await Promise.all([tcpSession(srv, db, 6000), tcpSession(srv, db, 6001)]);
+    t.teardown(() => Promise.all([s0.close(), s1.close()]));
+    expectFlow(t, s0.opened, 'passed');
+    expectFlow(t, s1.opened, 'passed');
+    await k.applyOk(t, [...v1, narrow]);
+    const [r0, r1] = await Promise.all([s0.send(), s1.send()]);
+    t.ok(!r0.delivered && !r0.roundTrip, 'port 6000 (no longer allowed): the open connection is cut');
+    t.ok(r1.delivered && r1.roundTrip, 'port 6001 (still allowed): the open connection keeps working');
+    await k.applyOk(t, v1);
+  });
+
   t.test('a rejected apply (invalid policies) leaves the ruleset unchanged', async (t) => {
     const before = await listConnectorRuleset(site);
     t.ok(before.includes('table inet connector_acl'), 'the engine table is there before');
