@@ -51,6 +51,10 @@ export function parseSubnet(input: string): ParsedSubnet {
       if (!ipaddr.isValidCIDR(text)) return { ok: false, reason: `"${input}" is not an IPv4 or IPv6 prefix` };
       const [addr, len] = ipaddr.parseCIDR(text);
       const family: Family = addr.kind() === 'ipv4' ? 4 : 6;
+      // ipaddr.js reads "010.0.0.0" as octal (8.0.0.0), "10/8" as 0.0.0.10 and "10.1/16" as 10.0.0.1.
+      if (family === 4 && !ipaddr.IPv4.isValidFourPartDecimal(text.slice(0, text.indexOf('/')))) {
+        return { ok: false, reason: `"${input}" is not a dotted-quad IPv4 prefix` };
+      }
       const bits = familyBits(family);
       const value = addressToBigint(addr);
       const hostMask = (1n << BigInt(bits - len)) - 1n;
