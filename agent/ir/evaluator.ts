@@ -201,7 +201,7 @@ function mismatch(p: Policy, pkt: Packet): string | undefined {
   if (!protocolAllowed(p, pkt)) {
     const chosen = p.protocols.join(', ');
     const icmpNote = p.protocols.includes('icmp') && (pkt.protocol === 1 || pkt.protocol === 58)
-      ? ` (icmp means ${pkt.family === 4 ? 'ICMP' : 'ICMPv6'} for IPv${pkt.family})`
+      ? `: for IPv${pkt.family}, icmp means ${pkt.family === 4 ? 'ICMP' : 'ICMPv6'}`
       : '';
     return `${protocolName(pkt.protocol)} is not among its protocols (${chosen})${icmpNote}`;
   }
