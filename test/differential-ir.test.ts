@@ -1,5 +1,6 @@
-// Differential test: the compiled IR (interpreted as the kernel would walk it) against the
-// independent reference evaluator, on random sites, policy sets and boundary-biased flows.
+// Differential test: the compiled IR (interpreted as the kernel would walk it) and the rendered
+// nft script (simulated rule by rule) against the independent reference evaluator, on random
+// sites, policy sets and boundary-biased flows.
 //
 // Replay a failure:   FC_SEED=<seed> FC_PATH=<path> npx tap test/differential-ir.test.ts
 // Longer soak:        FC_RUNS=2000 npx tap test/differential-ir.test.ts
@@ -8,7 +9,9 @@ import fc from 'fast-check';
 import { describeFlow, evaluate, type Flow } from '../agent/ir/evaluator.js';
 import { lower } from '../agent/ir/lower.js';
 import type { Policy, Site } from '../agent/policy/model.js';
+import { render } from '../agent/nft/render.js';
 import { lookupIr } from './support/ir-lookup.js';
+import { parseRuleset, simulate } from './support/nft-sim.js';
 import {
   edgesOf, flowPickArbitrary, formatScenario, resolveFlow, scenarioArbitrary, validateScenario,
 } from './support/random-site.js';
@@ -24,15 +27,21 @@ const seedParams = <T>(): fc.Parameters<T> => ({
 interface Mismatch {
   flow: Flow;
   expected: ReturnType<typeof evaluate>;
-  got: ReturnType<typeof lookupIr>;
+  got: ReturnType<typeof lookupIr> | { rendered: string };
   problem: string;
 }
 
 /** The first flow on which the IR and the evaluator disagree, or undefined. */
 function firstMismatch(site: Site, policies: Policy[], flows: Flow[]): Mismatch | undefined {
   const compiled = lower(site, policies);
+  const ruleset = parseRuleset(render(compiled).text);
   for (const flow of flows) {
     const expected = evaluate(site, policies, flow);
+    // The rendered script, walked as the kernel would (checks the renderer's chains and keys).
+    const rendered = simulate(ruleset, site, flow);
+    if (rendered !== expected.verdict) {
+      return { flow, expected, got: { rendered }, problem: `rendered ruleset says ${rendered}, evaluator says ${expected.verdict}` };
+    }
     const got = lookupIr(compiled, flow);
     if (expected.verdict !== got.verdict) return { flow, expected, got, problem: `verdict ${got.verdict}, evaluator says ${expected.verdict}` };
     if (got.verdict === 'drop' || got.policy === undefined) continue;
@@ -46,7 +55,7 @@ function firstMismatch(site: Site, policies: Policy[], flows: Flow[]): Mismatch 
   return undefined;
 }
 
-t.test('compiled IR agrees with the reference evaluator', async (t) => {
+t.test('compiled IR and rendered ruleset agree with the reference evaluator', async (t) => {
   let flowsChecked = 0;
   const verdicts = { drop: 0, local: 0, cloudflare: 0 };
   const arb = scenarioArbitrary().chain((scenario) => {
