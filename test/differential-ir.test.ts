@@ -97,3 +97,14 @@ t.test('compiled IR and rendered ruleset agree with the reference evaluator', as
   t.ok(flowsChecked >= 2000 || RUNS * FLOWS_PER_SITE < 2000, `at least 2000 flows checked (${flowsChecked})`);
   for (const v of ['drop', 'local', 'cloudflare'] as const) t.ok(verdicts[v] > 100, `the flows exercise "${v}" (${verdicts[v]})`);
 });
+
+t.test('the rendered ruleset does not depend on the order of the policies', async (t) => {
+  fc.assert(fc.property(scenarioArbitrary(), fc.nat(), (scenario, seed) => {
+    const { site, policies } = validateScenario(scenario);
+    const shuffled = policies.map((p, i) => [((i + 1) * 2654435761 + seed) % 4294967296, p] as const)
+      .sort((a, b) => a[0] - b[0]).map(([, p]) => p);
+    const [a, b] = [policies, shuffled].map((ps) => render(lower(site, ps)).text);
+    if (a !== b) throw new Error(`order changed the output\n${formatScenario(scenario)}`);
+  }), { numRuns: 100, ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {}) });
+  t.pass('100 random sites, policies shuffled');
+});
