@@ -77,8 +77,18 @@ t.test('names the kernel and nft accept', async (t) => expectProblems(t, {
   errors: [
     'config.yaml: table: "my-table" is not a valid nft table name (letters, digits, _)',
     'config.yaml: lans[0].id: "a b" is not a valid LAN id (letters, digits, _ and -, up to 64)',
-    'config.yaml: lans[0].interface: "this-name-is-too-long" is not a valid interface name (1–15 characters, no spaces, / or :)',
-    'config.yaml: lans[1].interface: "eth/2" is not a valid interface name (1–15 characters, no spaces, / or :)',
+    'config.yaml: lans[0].interface: "this-name-is-too-long" is not a valid interface name (1–15 bytes, no whitespace, /, :, \" or \\)',
+    'config.yaml: lans[1].interface: "eth/2" is not a valid interface name (1–15 bytes, no whitespace, /, :, \" or \\)',
+  ],
+}));
+
+t.test('interface names are limited in bytes, not characters, and nft keywords cannot name the table', async (t) => expectProblems(t, {
+  table: 'counter', lans: [lan(1, { interface: 'lanéééééééé' }), lan(2, { interface: 'lan"2' })],
+}, {
+  errors: [
+    'config.yaml: table: "counter" is an nft keyword and cannot name a table; use e.g. connector_acl',
+    'config.yaml: lans[0].interface: "lanéééééééé" is not a valid interface name (1–15 bytes, no whitespace, /, :, \" or \\)',
+    'config.yaml: lans[1].interface: "lan"2" is not a valid interface name (1–15 bytes, no whitespace, /, :, \" or \\)',
   ],
 }));
 

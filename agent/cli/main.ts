@@ -6,6 +6,7 @@ import { ApplyError, EnvironmentError, EXIT, InputError } from '../apply/errors.
 import { DEFAULT_CONFIG, loadInputs, type Inputs } from '../io/inputs.js';
 import { lower } from '../ir/lower.js';
 import { NftClient } from '../nft/client.js';
+import { NftError } from '../nft/errors.js';
 import { systemRunner } from '../nft/exec.js';
 import { render } from '../nft/render.js';
 import { PolicyRouting } from '../netlink/routing.js';
@@ -145,7 +146,7 @@ program.command('flush')
     const engine = makeEngine();
     const removed = await engine.nft.deleteTable(table).catch((e) => { throw mapEnvironment(e); });
     out(removed ? `removed table inet ${table}` : `table inet ${table} was not present`);
-    for (const c of await engine.routing.remove(inputs.site?.tunnel)) out(`routing: ${c}`);
+    for (const c of await engine.routing.remove()) out(`routing: ${c}`);
   });
 
 function mapEnvironment(e: unknown): unknown {
@@ -167,6 +168,9 @@ async function main(): Promise<void> {
     } else if (error instanceof InputError) {
       err(`error: ${error.message}`);
       process.exitCode = EXIT.invalid;
+    } else if (error instanceof NftError) {
+      err(`error: nft: ${error.message}`);
+      process.exitCode = EXIT.applyFailed;
     } else if (error instanceof EnvironmentError) {
       err(`error: ${error.message}`);
       process.exitCode = EXIT.environment;

@@ -18,6 +18,13 @@ interface RuleJson {
   protocol?: string | number;
 }
 
+interface RouteJson {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+  table?: string;
+}
+
 export interface RoutingReport {
   /** What was changed, in words, e.g. `added ip -6 rule fwmark … lookup 207`. */
   changes: string[];
@@ -37,6 +44,12 @@ export class PolicyRouting {
 
   private async ip(args: string[]): Promise<string> {
     return (await runChecked(this.runner, ['ip', ...args])).stdout;
+  }
+
+  /** Our routes (protocol ROUTING_PROTOCOL) in every table. */
+  async readRoutes(family: Family): Promise<RouteJson[]> {
+    const out = await this.ip(['-j', family, 'route', 'show', 'table', 'all', 'protocol', String(ROUTING_PROTOCOL)]);
+    return out.trim() ? (JSON.parse(out) as RouteJson[]) : [];
   }
 
   async readRules(family: Family): Promise<RuleJson[]> {
@@ -63,6 +76,14 @@ export class PolicyRouting {
         report.changes.push(`added ip ${family} rule pref ${tunnel.rulePriority} fwmark ${mark}/${mark} lookup ${tunnel.routeTable}`);
       }
       const gateway = family === '-4' ? tunnel.gateway : tunnel.gateway6;
+      // Our routes anywhere else (another table, device or gateway from an earlier config) go:
+      // a stale route would keep steering marked traffic somewhere the config no longer says.
+      for (const stale of (await this.readRoutes(family)).filter((r) =>
+        r.dst !== 'default' || String(r.table) !== String(tunnel.routeTable) || r.dev !== tunnel.interface || (r.gateway ?? undefined) !== gateway)) {
+        await this.ip([family, 'route', 'del', stale.dst, ...(stale.gateway ? ['via', stale.gateway] : []),
+          ...(stale.dev ? ['dev', stale.dev] : []), 'table', String(stale.table), 'protocol', String(ROUTING_PROTOCOL)]);
+        report.changes.push(`removed stale ip ${family} route ${stale.dst}${stale.gateway ? ` via ${stale.gateway}` : ''} dev ${stale.dev} table ${stale.table}`);
+      }
       const args = [family, 'route', 'replace', 'default', ...(gateway ? ['via', gateway] : []), 'dev', tunnel.interface,
         'table', String(tunnel.routeTable), 'protocol', String(ROUTING_PROTOCOL)];
       const r = await this.runner.run(['ip', ...args]);
@@ -78,17 +99,18 @@ export class PolicyRouting {
     return report;
   }
 
-  /** Removes our rules (any priority) and our routes in the tunnel's table. */
-  async remove(tunnel: Tunnel | undefined): Promise<string[]> {
+  /** Removes our rules (any priority) and our routes (any table): only what carries our protocol. */
+  async remove(): Promise<string[]> {
     const changes: string[] = [];
     for (const family of ['-4', '-6'] as const) {
       for (const rule of (await this.readRules(family)).filter(isOurs)) {
         await this.ip([family, 'rule', 'del', 'pref', String(rule.priority), 'protocol', String(ROUTING_PROTOCOL)]);
         changes.push(`removed ip ${family} rule pref ${rule.priority}`);
       }
-      if (tunnel) {
-        const r = await this.runner.run(['ip', family, 'route', 'flush', 'table', String(tunnel.routeTable), 'protocol', String(ROUTING_PROTOCOL)]);
-        if (r.code === 0) changes.push(`flushed our ip ${family} routes in table ${tunnel.routeTable}`);
+      for (const route of await this.readRoutes(family)) {
+        await this.ip([family, 'route', 'del', route.dst, ...(route.gateway ? ['via', route.gateway] : []),
+          ...(route.dev ? ['dev', route.dev] : []), 'table', String(route.table ?? 'main'), 'protocol', String(ROUTING_PROTOCOL)]);
+        changes.push(`removed ip ${family} route ${route.dst} dev ${route.dev} table ${route.table ?? 'main'}`);
       }
     }
     return changes;

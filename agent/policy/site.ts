@@ -11,9 +11,24 @@ const SITE_KEYS = ['table', 'lans', 'tunnel', 'policies', 'agent'] as const;
 const LAN_KEYS = ['id', 'name', 'interface', 'subnets'] as const;
 const TUNNEL_KEYS = ['interface', 'gateway', 'gateway6', 'mark', 'route_table', 'rule_priority'] as const;
 
-// Linux IFNAMSIZ is 16 including the NUL; names cannot contain '/', ':' or whitespace.
-const INTERFACE_NAME = /^[^\s/:]{1,15}$/;
+// Linux IFNAMSIZ is 16 bytes including the NUL; the kernel refuses '/', ':' and whitespace, and
+// nft strings cannot carry '"' or '\\'.
+const INTERFACE_CHARS = /^[^\s/:"\\]+$/;
+export const isInterfaceName = (name: string): boolean =>
+  INTERFACE_CHARS.test(name) && new TextEncoder().encode(name).length <= 15;
+const INTERFACE_RULE = '1–15 bytes, no whitespace, /, :, " or \\';
 const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+/** Words nft's parser reads as keywords: a table cannot be named after one (quoting does not help). */
+const NFT_KEYWORDS = new Set(`table tables chain chains set sets map maps counter counters quota quotas limit limits meta ct
+ip ip6 inet arp bridge netdev filter nat route type hook priority policy accept drop reject return jump goto continue queue
+log comment flags elements element define include add delete flush list insert replace create rule rules ruleset describe
+monitor export import reset rename tcp udp udplite icmp icmpv6 igmp sctp dccp th ah esp comp ether vlan fib rt socket osf
+tproxy synproxy secmark mark snat dnat masquerade redirect notrack flow flowtable flowtables offload dup fwd numgen hash jhash
+symhash interval timeout size handle index position family update dynamic constant persistent level saddr daddr sport dport
+protocol length version state direction status expiration helper label zone original reply packets bytes over until
+iif oif iifname oifname iiftype oiftype skuid skgid nftrace rtclassid ibriport obriport pkttype cpu iifgroup oifgroup cgroup
+random time day hour to at by from with in is not and or xor objref devices device gc-interval auto-merge
+vmap typeof define redefine undefine ingress egress prerouting postrouting input output forward`.split(/\s+/));
 export const LAN_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 export interface SiteResult {
@@ -31,6 +46,7 @@ export function parseSite(doc: unknown, file: string): SiteResult {
 
   const table = readString(doc, 'table', '', sink) ?? DEFAULT_TABLE;
   if (!TABLE_NAME.test(table)) sink.error('table', `"${table}" is not a valid nft table name (letters, digits, _)`);
+  else if (NFT_KEYWORDS.has(table.toLowerCase())) sink.error('table', `"${table}" is an nft keyword and cannot name a table; use e.g. connector_acl`);
 
   // Parsed LANs with their index in the document, so messages point at the right entry.
   const parsed: { lan: Lan; index: number }[] = [];
@@ -64,8 +80,8 @@ function parseLan(raw: unknown, path: string, sink: ProblemSink): Lan | undefine
   const name = readString(raw, 'name', path, sink) ?? id;
   const iface = readString(raw, 'interface', path, sink, true);
   if (id !== undefined && !LAN_ID.test(id)) sink.error(join(path, 'id'), `"${id}" is not a valid LAN id (letters, digits, _ and -, up to 64)`);
-  if (iface !== undefined && !INTERFACE_NAME.test(iface)) {
-    sink.error(join(path, 'interface'), `"${iface}" is not a valid interface name (1–15 characters, no spaces, / or :)`);
+  if (iface !== undefined && !isInterfaceName(iface)) {
+    sink.error(join(path, 'interface'), `"${iface}" is not a valid interface name (${INTERFACE_RULE})`);
   }
   const subnets: AddressRange[] = [];
   readList(raw, 'subnets', path, sink)?.forEach((s, i) => {
@@ -76,7 +92,7 @@ function parseLan(raw: unknown, path: string, sink: ProblemSink): Lan | undefine
     if (parsed.hostBitsSet) sink.warn(at, `"${s}" has host bits set; using ${parsed.range.text}`);
     subnets.push(parsed.range);
   });
-  if (id === undefined || iface === undefined || !LAN_ID.test(id) || !INTERFACE_NAME.test(iface)) return undefined;
+  if (id === undefined || iface === undefined || !LAN_ID.test(id) || !isInterfaceName(iface)) return undefined;
   return { id, name: name ?? id, interface: iface, subnets };
 }
 
@@ -87,7 +103,7 @@ function parseTunnel(raw: unknown, lans: Lan[], sink: ProblemSink): Tunnel | und
   }
   warnUnknownKeys(raw, TUNNEL_KEYS, 'tunnel', sink);
   const iface = readString(raw, 'interface', 'tunnel', sink, true);
-  if (iface !== undefined && !INTERFACE_NAME.test(iface)) sink.error('tunnel.interface', `"${iface}" is not a valid interface name`);
+  if (iface !== undefined && !isInterfaceName(iface)) sink.error('tunnel.interface', `"${iface}" is not a valid interface name (${INTERFACE_RULE})`);
   if (iface !== undefined && lans.some((l) => l.interface === iface)) {
     sink.error('tunnel.interface', `"${iface}" is also a LAN interface; the tunnel needs its own`);
   }
