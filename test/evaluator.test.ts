@@ -187,3 +187,9 @@ t.test('fast: thousands of evaluations per second', async (t) => {
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
   t.ok(flows.length / (ms / 1000) > 5000, `${flows.length} flows in ${ms.toFixed(0)} ms (${Math.round(flows.length / (ms / 1000))}/s)`);
 });
+
+t.test('independent of the compiler: reads only the validated model', async (t) => {
+  const source = readFileSync(new URL('../agent/ir/evaluator.ts', import.meta.url), 'utf8');
+  const imports = [...source.matchAll(/^\s*import\s[^;]*?\bfrom\s+['"]([^'"]+)['"]/gms)].map((m) => m[1]).sort();
+  t.same(imports, ['../policy/address.js', '../policy/model.js'], 'no lower, decompose, ir or render');
+});
