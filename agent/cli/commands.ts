@@ -2,8 +2,10 @@
 import type { Command } from 'commander';
 import { register as registerAgent } from './agent-command.js';
 import { register as registerApi } from './api-command.js';
+import { register as registerExplain } from './explain-command.js';
 
 export function registerExtraCommands(program: Command): void {
+  registerExplain(program);
   registerApi(program);
   registerAgent(program);
 }
