@@ -78,3 +78,44 @@ export async function runChecked(runner: CommandRunner, argv: readonly string[],
   if (result.code !== 0) throw new ProcessError(result);
   return result;
 }
+
+/** A long-running process whose stdout is read line by line (e.g. `ip -o monitor link`). */
+export interface LineProcess {
+  /** Resolves when the process has exited, for whatever reason (never rejects). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: string }>;
+  /** Ends the process (SIGTERM); safe to call more than once. */
+  stop(): void;
+}
+
+export type LineSpawner = (argv: readonly string[], onLine: (line: string) => void) => LineProcess;
+
+/** Starts argv (no shell) and calls onLine for each line it prints on stdout. */
+export const spawnLines: LineSpawner = (argv, onLine) => {
+  const [program, ...args] = argv;
+  const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let buffered = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    buffered += chunk;
+    let nl: number;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line.trim()) onLine(line);
+    }
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    stderr = (stderr + b.toString('utf8')).slice(-2000);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: string }>((resolve) => {
+    child.on('error', (e) => resolve({ code: null, signal: null, error: e.message }));
+    child.on('close', (code, signal) => resolve({ code, signal, error: stderr.trim() || undefined }));
+  });
+  return {
+    exited,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    },
+  };
+};
