@@ -12,6 +12,7 @@ import { render } from '../nft/render.js';
 import { PolicyRouting } from '../netlink/routing.js';
 import { formatProblem, type Problem } from '../policy/problems.js';
 import { registerExtraCommands } from './commands.js';
+import { agentStatusLines, readAgentStatusForConfig } from '../daemon/status.js';
 
 interface GlobalOptions {
   config: string;
@@ -110,10 +111,12 @@ program.command('status')
     const policies = [...(live?.counters.values() ?? [])].map((c) => ({
       id: c.name.replace(/^pol_/, ''), name: c.comment.replace(/^\S+ /, ''), packets: c.packets, bytes: c.bytes,
     }));
+    const agent = await readAgentStatusForConfig(opts.config);
     if (cmd.json) {
-      out(JSON.stringify({ table, present: !!live, ruleset: meta.hash, applied_at: meta.appliedAt, matches_config: matches, policies, drops: live?.drops ?? [] }, null, 2));
+      out(JSON.stringify({ table, present: !!live, ruleset: meta.hash, applied_at: meta.appliedAt, matches_config: matches, policies, drops: live?.drops ?? [], agent: { ...agent.status, running: agent.running } }, null, 2));
       return;
     }
+    for (const line of agentStatusLines(agent)) out(line);
     if (!live) {
       out(`table inet ${table}: not present (LAN-to-LAN traffic is not filtered by connector-acl)`);
       process.exitCode = EXIT.applyFailed;
