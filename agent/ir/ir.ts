@@ -20,11 +20,20 @@ export interface IrPolicy {
   counter: string;
 }
 
-/** One lookup table: disjoint cells, each pointing at the policy (by index into `Ir.policies`). */
+/** A key dimension, in the initiator's view: source/destination address, IP protocol, ports. */
+export type Dim = 'saddr' | 'daddr' | 'l4proto' | 'sport' | 'dport';
+
+/**
+ * One lookup table: disjoint cells, each pointing at the policy (by index into `Ir.policies`).
+ * `dims` lists the key dimensions the map keeps, in key order, and each cell's lo/hi has one
+ * entry per kept dimension. A dimension that every cell covers whole is left out of the key:
+ * fewer fields make the kernel's lookup cheaper (`daddr` is always kept; it carries the family).
+ */
 export interface IrMap {
   name: string;
   family: Family;
   shape: KeyShape;
+  dims: Dim[];
   cells: Cell[];
 }
 
@@ -53,8 +62,8 @@ export interface Ir {
   pairs: IrPairPath[];
 }
 
-/** Dimensions of each key shape, in map key order. */
-export const SHAPE_DIMS: Record<KeyShape, readonly string[]> = {
+/** All dimensions of each key shape, in map key order, before unused ones are dropped. */
+export const SHAPE_DIMS: Record<KeyShape, readonly Dim[]> = {
   ports: ['saddr', 'daddr', 'l4proto', 'sport', 'dport'],
   proto: ['saddr', 'daddr', 'l4proto'],
 };

@@ -1,10 +1,10 @@
 // Lowering: validated policies → disjoint lookup cells per LAN pair, path, direction and family.
-import { anyAddress, type AddressRange, type Family } from '../policy/address.js';
+import { anyAddress, familyMax, type AddressRange, type Family } from '../policy/address.js';
 import type { Endpoint, Policy, Site } from '../policy/model.js';
-import { decompose, type Box } from './decompose.js';
+import { decompose, type Box, type Cell } from './decompose.js';
 import {
-  IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-  type Ir, type IrMap, type IrPairPath, type IrPolicy, type KeyShape, type TrafficPath,
+  IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SHAPE_DIMS,
+  type Dim, type Ir, type IrMap, type IrPairPath, type IrPolicy, type KeyShape, type TrafficPath,
 } from './ir.js';
 
 const ANY_PORT: [bigint, bigint] = [0n, 65535n];
@@ -51,7 +51,7 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
           const boxes = g.members.flatMap((i) => policyBoxes(sorted[i], i, family, shape));
           const cells = decompose(boxes, rank);
           if (cells.length > 0) {
-            maps.push({ name: `${prefix}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, cells });
+            maps.push({ name: `${prefix}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, ...dropWholeDims(cells, family, shape) });
           }
         }
       }
@@ -70,6 +70,30 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
   return { table: site.table, lans: site.lans, tunnel: site.tunnel, policies: irPolicies, pairs };
 }
 
+/**
+ * The domain of each dimension as the map sees it. Only TCP and UDP reach a `ports` map, so
+ * 6–17 covers both protocols there; only other protocols reach a `proto` map, so 0–255 covers them all.
+ */
+function domain(dim: Dim, family: Family, shape: KeyShape): [bigint, bigint] {
+  if (dim === 'saddr' || dim === 'daddr') return [0n, familyMax(family)];
+  if (dim === 'l4proto') return shape === 'ports' ? [IPPROTO_TCP, IPPROTO_UDP] : [0n, 255n];
+  return ANY_PORT;
+}
+
+function dropWholeDims(cells: Cell[], family: Family, shape: KeyShape): { dims: Dim[]; cells: Cell[] } {
+  const all = SHAPE_DIMS[shape];
+  const keep = all.map((dim, d) => {
+    if (dim === 'daddr') return true;
+    const [lo, hi] = domain(dim, family, shape);
+    return cells.some((c) => c.lo[d] > lo || c.hi[d] < hi);
+  });
+  const pick = (xs: bigint[]) => xs.filter((_, d) => keep[d]);
+  return {
+    dims: all.filter((_, d) => keep[d]),
+    cells: cells.map((c) => ({ lo: pick(c.lo), hi: pick(c.hi), label: c.label })),
+  };
+}
+
 function addresses(ep: Endpoint, family: Family): AddressRange[] {
   if (ep.subnets.length === 0) return [anyAddress(family)];
   return ep.subnets.filter((s) => s.family === family);
@@ -80,18 +104,15 @@ const portRanges = (ep: Endpoint): [bigint, bigint][] =>
 
 /** IP protocol numbers a policy covers in one key shape, as inclusive ranges. */
 export function protocolRanges(p: Policy, family: Family, shape: KeyShape): [bigint, bigint][] {
+  // Ranges in each map's own domain (see `domain`): 6–17 is "TCP and UDP" in a ports map,
+  // 0–255 is "every protocol but TCP and UDP" in a proto map.
   const icmp = family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
-  if (p.protocols.length === 0) {
-    return shape === 'ports'
-      ? [[IPPROTO_TCP, IPPROTO_TCP], [IPPROTO_UDP, IPPROTO_UDP]]
-      : [[0n, IPPROTO_TCP - 1n], [IPPROTO_TCP + 1n, IPPROTO_UDP - 1n], [IPPROTO_UDP + 1n, 255n]];
-  }
-  const out: [bigint, bigint][] = [];
-  if (shape === 'ports') {
-    if (p.protocols.includes('tcp')) out.push([IPPROTO_TCP, IPPROTO_TCP]);
-    if (p.protocols.includes('udp')) out.push([IPPROTO_UDP, IPPROTO_UDP]);
-  } else if (p.protocols.includes('icmp')) out.push([icmp, icmp]);
-  return out;
+  const all = p.protocols.length === 0;
+  if (shape === 'proto') return all ? [[0n, 255n]] : p.protocols.includes('icmp') ? [[icmp, icmp]] : [];
+  const tcp = all || p.protocols.includes('tcp');
+  const udp = all || p.protocols.includes('udp');
+  if (tcp && udp) return [[IPPROTO_TCP, IPPROTO_UDP]];
+  return tcp ? [[IPPROTO_TCP, IPPROTO_TCP]] : udp ? [[IPPROTO_UDP, IPPROTO_UDP]] : [];
 }
 
 function policyBoxes(p: Policy, label: number, family: Family, shape: KeyShape): Box[] {

@@ -3,7 +3,7 @@
 import { rangeToNft, type Family } from '../policy/address.js';
 import type { Lan } from '../policy/model.js';
 import type { Cell } from '../ir/decompose.js';
-import type { Ir, IrMap, IrPairPath, IrPolicy, TrafficPath } from '../ir/ir.js';
+import type { Dim, Ir, IrMap, IrPairPath, IrPolicy, TrafficPath } from '../ir/ir.js';
 
 export interface CounterValue {
   packets: number;
@@ -185,41 +185,45 @@ function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c'): voi
   }
 }
 
+/** Replies are looked up with the key swapped back to the initiator's view. */
+const REPLY_DIM: Record<Dim, Dim> = { saddr: 'daddr', daddr: 'saddr', l4proto: 'l4proto', sport: 'dport', dport: 'sport' };
+
+function dimExpression(dim: Dim, family: Family): string {
+  if (dim === 'saddr' || dim === 'daddr') return `${family === 4 ? 'ip' : 'ip6'} ${dim}`;
+  return dim === 'l4proto' ? 'meta l4proto' : `th ${dim}`;
+}
+
+function dimType(dim: Dim, family: Family): string {
+  if (dim === 'saddr' || dim === 'daddr') return family === 4 ? 'ipv4_addr' : 'ipv6_addr';
+  return dim === 'l4proto' ? 'inet_proto' : 'inet_service';
+}
+
 function lookupRule(map: IrMap, reply: boolean): string {
-  const ip = map.family === 4 ? 'ip' : 'ip6';
-  // Replies are looked up with addresses and ports swapped back to the initiator's view.
-  const [src, dst, sport, dport] = reply
-    ? [`${ip} daddr`, `${ip} saddr`, 'th dport', 'th sport']
-    : [`${ip} saddr`, `${ip} daddr`, 'th sport', 'th dport'];
-  return map.shape === 'ports'
-    ? `meta l4proto { tcp, udp } ${src} . ${dst} . meta l4proto . ${sport} . ${dport} vmap @${map.name}`
-    : `meta l4proto != { tcp, udp } ${src} . ${dst} . meta l4proto vmap @${map.name}`;
+  const key = map.dims.map((d) => dimExpression(reply ? REPLY_DIM[d] : d, map.family)).join(' . ');
+  const guard = map.shape === 'ports' ? 'meta l4proto { tcp, udp }' : 'meta l4proto != { tcp, udp }';
+  return `${guard} ${key} vmap @${map.name}`;
 }
 
 function renderMap(s: Script, map: IrMap, pair: IrPairPath, policies: IrPolicy[]): number {
-  const addr = map.family === 4 ? 'ipv4_addr' : 'ipv6_addr';
-  const type = map.shape === 'ports'
-    ? `${addr} . ${addr} . inet_proto . inet_service . inet_service : verdict`
-    : `${addr} . ${addr} . inet_proto : verdict`;
   s.add('');
   s.add(`\tmap ${map.name} {`);
-  s.add(`\t\ttype ${type}`);
+  s.add(`\t\ttype ${map.dims.map((d) => dimType(d, map.family)).join(' . ')} : verdict`);
   s.add('\t\tflags interval');
   s.add(`\t\tcomment ${quote(`${pair.origin.name} -> ${pair.destination.name}, ${pathWords(pair.path)}`)}`);
   s.add('\t\telements = {');
   map.cells.forEach((cell, i) => {
     const policy = policies[cell.label];
-    s.add(`\t\t\t${cellKey(cell, map.family)} : goto ${policy.chain}${i < map.cells.length - 1 ? ',' : ''}`, policy.id);
+    s.add(`\t\t\t${cellKey(cell, map)} : goto ${policy.chain}${i < map.cells.length - 1 ? ',' : ''}`, policy.id);
   });
   s.add('\t\t}');
   s.add('\t}');
   return map.cells.length;
 }
 
-function cellKey(cell: Cell, family: Family): string {
-  const parts = [rangeToNft(cell.lo[0], cell.hi[0], family), rangeToNft(cell.lo[1], cell.hi[1], family)];
-  for (let d = 2; d < cell.lo.length; d++) parts.push(intRange(cell.lo[d], cell.hi[d]));
-  return parts.join(' . ');
+function cellKey(cell: Cell, map: IrMap): string {
+  return map.dims.map((dim, d) => (dim === 'saddr' || dim === 'daddr'
+    ? rangeToNft(cell.lo[d], cell.hi[d], map.family)
+    : intRange(cell.lo[d], cell.hi[d]))).join(' . ');
 }
 
 const intRange = (lo: bigint, hi: bigint): string => (lo === hi ? `${lo}` : `${lo}-${hi}`);

@@ -12,7 +12,7 @@
 import { parseSubnet } from '../../agent/policy/address.js';
 import type { Flow, Verdict } from '../../agent/ir/evaluator.js';
 import type { Cell } from '../../agent/ir/decompose.js';
-import type { Ir, IrMap, IrPairPath, KeyShape, TrafficPath } from '../../agent/ir/ir.js';
+import { SHAPE_DIMS, type Ir, type IrMap, type IrPairPath, type KeyShape, type TrafficPath } from '../../agent/ir/ir.js';
 
 export interface IrLookup {
   verdict: Verdict;
@@ -58,8 +58,10 @@ function lookupPair(pair: IrPairPath, reply: boolean, family: 4 | 6, shape: KeyS
   const maps = reply ? pair.reply : pair.initiate;
   for (const map of maps) {
     if (map.family !== family || map.shape !== shape) continue;
-    const hits = map.cells.filter((c) => contains(c, point));
-    if (hits.length > 1) throw new Error(`map ${map.name}: ${hits.length} cells contain ${point.join(' . ')}: cells overlap`);
+    // The map keeps only some dimensions of the full key (see IrMap.dims).
+    const projected = map.dims.map((d) => point[SHAPE_DIMS[shape].indexOf(d)]);
+    const hits = map.cells.filter((c) => contains(c, projected));
+    if (hits.length > 1) throw new Error(`map ${map.name}: ${hits.length} cells contain ${projected.join(' . ')}: cells overlap`);
     if (hits.length === 1) return { map, cell: hits[0] };
   }
   return undefined;

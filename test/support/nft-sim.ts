@@ -180,14 +180,22 @@ function evalRule(rs: Ruleset, rule: string, pkt: Packet): string | undefined {
     return 'accept';
   }
   if (/^counter name \S+ accept$/.test(rule)) return 'accept';
-  if ((m = /^meta l4proto (!= )?\{ tcp, udp \} (ip6?) (saddr|daddr) \. \2 (saddr|daddr) \. meta l4proto(?: \. th (sport|dport) \. th (sport|dport))? vmap @(\S+)$/.exec(rule))) {
-    const [, negate, ip, a1, a2, p1, p2, map] = m;
-    if ((ip === 'ip' ? 4 : 6) !== pkt.family) return undefined;
+  if ((m = /^meta l4proto (!= )?\{ tcp, udp \} (.+) vmap @(\S+)$/.exec(rule))) {
+    const [, negate, keyText, map] = m;
     if (hasPorts(pkt.proto) === Boolean(negate)) return undefined;
-    if (!negate !== Boolean(p1)) throw new Error(`rule "${rule}": ports and protocol set disagree`);
-    const a = (f: string) => (f === 'saddr' ? pkt.saddr : pkt.daddr);
-    const key: (bigint | string)[] = [a(a1), a(a2), BigInt(pkt.proto)];
-    if (p1) key.push(BigInt((p1 === 'sport' ? pkt.sport : pkt.dport)!), BigInt((p2 === 'sport' ? pkt.sport : pkt.dport)!));
+    const key: bigint[] = [];
+    for (const part of keyText.split(' . ')) {
+      let f: RegExpExecArray | null;
+      if ((f = /^(ip6?) (saddr|daddr)$/.exec(part))) {
+        // An address expression in an inet table only matches packets of its family.
+        if ((f[1] === 'ip' ? 4 : 6) !== pkt.family) return undefined;
+        key.push(f[2] === 'saddr' ? pkt.saddr : pkt.daddr);
+      } else if (part === 'meta l4proto') key.push(BigInt(pkt.proto));
+      else if ((f = /^th (sport|dport)$/.exec(part))) {
+        if (negate) throw new Error(`rule "${rule}": ports in a map for protocols without ports`);
+        key.push(BigInt((f[1] === 'sport' ? pkt.sport : pkt.dport)!));
+      } else throw new Error(`rule "${rule}": unknown key part "${part}"`);
+    }
     return lookup(rs, map, key);
   }
   throw new Error(`unsupported rule "${rule}"`);
