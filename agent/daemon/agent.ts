@@ -41,11 +41,15 @@ export interface AgentOptions {
 
 const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve) => {
   if (signal.aborted) return resolve();
-  const t = setTimeout(resolve, ms);
-  signal.addEventListener('abort', () => {
+  const onAbort = () => {
     clearTimeout(t);
     resolve();
-  }, { once: true });
+  };
+  const t = setTimeout(() => {
+    signal.removeEventListener('abort', onAbort);
+    resolve();
+  }, ms);
+  signal.addEventListener('abort', onAbort, { once: true });
 });
 
 export class Agent {

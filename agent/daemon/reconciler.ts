@@ -73,6 +73,7 @@ export class Reconciler {
   generation = 0;
   /** A set from a source that failed to apply (not invalid): retried by the drift tick. */
   private retry: { documents: PolicyDocument[]; origin: Origin } | undefined;
+  private lastRejected: string | undefined;
 
   constructor(private site: Site, private readonly deps: ReconcilerDeps) {}
 
@@ -148,6 +149,10 @@ export class Reconciler {
   reject(origin: Origin, problems: Problem[]): EnforceResult {
     const { log, metrics, status } = this.deps;
     const reasons = problems.filter((p) => p.severity === 'error').map(formatProblem);
+    // The same bad set again (a poll, a re-read): already logged and counted once.
+    const key = `${origin}\n${reasons.join('\n')}`;
+    if (key === this.lastRejected) return { ok: false, reason: 'invalid', problems };
+    this.lastRejected = key;
     metrics.applyFailures.inc({ reason: 'invalid' });
     metrics.rejectedSets.inc({ origin });
     metrics.applies.inc({ result: 'rejected' });
@@ -201,6 +206,7 @@ export class Reconciler {
       return { ok: false, reason, problems: [errorProblem(message), ...details.map(errorProblem)] };
     }
     if (origin !== 'local') this.retry = undefined;
+    this.lastRejected = undefined;
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const appliedAt = new Date();
     // The ruleset for boot and for drift comparison: same rules (hence same hash and manifest),

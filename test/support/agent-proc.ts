@@ -202,15 +202,30 @@ export function httpOverUnix(
 
 /** A unix-socket server in the test process that pipes each connection to a TCP port (switchable). */
 export class UnixToTcp {
-  private constructor(private readonly server: net.Server, public target: { host: string; port: number }) {}
+  private readonly live = new Set<net.Socket>();
+  private target: { host: string; port: number };
+
+  private constructor(private readonly server: net.Server, target: { host: string; port: number }) {
+    this.target = target;
+  }
+
+  /** New connections go to `target`; open ones (HTTP keep-alive) are cut, so clients reconnect. */
+  switchTo(target: { host: string; port: number }): void {
+    this.target = target;
+    for (const s of this.live) s.destroy();
+    this.live.clear();
+  }
 
   static async start(socketPath: string, target: { host: string; port: number }): Promise<UnixToTcp> {
     let self: UnixToTcp | undefined;
     const server = net.createServer((c) => {
       const up = net.connect(self!.target);
+      self!.live.add(c);
+      c.on('close', () => self!.live.delete(c));
       c.pipe(up).pipe(c);
       c.on('error', () => up.destroy());
       up.on('error', () => c.destroy());
+      c.on('close', () => up.destroy());
     });
     await new Promise<void>((resolve) => server.listen(socketPath, resolve));
     self = new UnixToTcp(server, target);
@@ -218,6 +233,7 @@ export class UnixToTcp {
   }
 
   close(): Promise<void> {
+    for (const s of this.live) s.destroy();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
