@@ -149,3 +149,9 @@ t.test('tunnel', async (t) => {
     t.same([r.site?.tunnel?.mark, r.site?.tunnel?.routeTable, r.site?.tunnel?.rulePriority], [16, 300, 5]);
   });
 });
+
+t.test('the conntrack mark may not share bits with the tunnel mark', async (t) => expectProblems(t, {
+  lans: [lan(1)], tunnel: { interface: 'cf0', mark: '0x0cf00000' }, conntrack_mark: '0x00800000',
+}, {
+  errors: ['config.yaml: conntrack_mark: 0x800000 shares bits with tunnel.mark 0xcf00000; pick bits the tunnel mark does not use'],
+}));

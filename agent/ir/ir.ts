@@ -6,8 +6,12 @@ import type { Cell } from './decompose.js';
 
 export type TrafficPath = 'local' | 'cloudflare';
 
-/** `ports`: TCP and UDP, keyed on addresses, protocol and both ports. `proto`: every other protocol. */
-export type KeyShape = 'ports' | 'proto';
+/**
+ * `ports`: TCP and UDP, keyed on addresses, protocol and both ports. `proto`: every other protocol.
+ * `related`: ICMP errors conntrack relates to a flow (port unreachable, packet too big, …), keyed on
+ * the address pair only, because nft cannot key a map on the related flow's ports.
+ */
+export type KeyShape = 'ports' | 'proto' | 'related';
 
 export interface IrPolicy {
   id: string;
@@ -56,6 +60,7 @@ export interface IrPairPath {
 
 export interface Ir {
   table: string;
+  conntrackMark: number;
   lans: Lan[];
   tunnel?: Tunnel;
   policies: IrPolicy[];
@@ -66,6 +71,7 @@ export interface Ir {
 export const SHAPE_DIMS: Record<KeyShape, readonly Dim[]> = {
   ports: ['saddr', 'daddr', 'l4proto', 'sport', 'dport'],
   proto: ['saddr', 'daddr', 'l4proto'],
+  related: ['saddr', 'daddr'],
 };
 
 export const IPPROTO_TCP = 6n;

@@ -9,7 +9,7 @@ import {
 
 const ANY_PORT: [bigint, bigint] = [0n, 65535n];
 const FAMILIES: readonly Family[] = [4, 6];
-const SHAPES: readonly KeyShape[] = ['ports', 'proto'];
+const SHAPES: readonly KeyShape[] = ['ports', 'proto', 'related'];
 
 export function lower(site: Site, policies: readonly Policy[]): Ir {
   // Sorted by id: the output does not depend on file order, and counters go to a stable owner.
@@ -51,7 +51,7 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
           const boxes = g.members.flatMap((i) => policyBoxes(sorted[i], i, family, shape));
           const cells = decompose(boxes, rank);
           if (cells.length > 0) {
-            maps.push({ name: `${prefix}_${key}_${family}${shape === 'ports' ? 'p' : 'n'}`, family, shape, ...dropWholeDims(cells, family, shape) });
+            maps.push({ name: `${prefix}_${key}_${family}${SHAPE_SUFFIX[shape]}`, family, shape, ...dropWholeDims(cells, family, shape) });
           }
         }
       }
@@ -67,8 +67,10 @@ export function lower(site: Site, policies: readonly Policy[]): Ir {
       };
     });
 
-  return { table: site.table, lans: site.lans, tunnel: site.tunnel, policies: irPolicies, pairs };
+  return { table: site.table, conntrackMark: site.conntrackMark, lans: site.lans, tunnel: site.tunnel, policies: irPolicies, pairs };
 }
+
+const SHAPE_SUFFIX: Record<KeyShape, string> = { ports: 'p', proto: 'n', related: 'r' };
 
 /**
  * The domain of each dimension as the map sees it. Only TCP and UDP reach a `ports` map, so
@@ -108,6 +110,7 @@ export function protocolRanges(p: Policy, family: Family, shape: KeyShape): [big
   // 0–255 is "every protocol but TCP and UDP" in a proto map.
   const icmp = family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
   const all = p.protocols.length === 0;
+  if (shape === 'related') return [[0n, 255n]]; // every policy's flows can have ICMP errors
   if (shape === 'proto') return all ? [[0n, 255n]] : p.protocols.includes('icmp') ? [[icmp, icmp]] : [];
   const tcp = all || p.protocols.includes('tcp');
   const udp = all || p.protocols.includes('udp');
@@ -125,6 +128,10 @@ function policyBoxes(p: Policy, label: number, family: Family, shape: KeyShape):
       for (const pr of protos) {
         if (shape === 'proto') {
           boxes.push({ lo: [s.first, d.first, pr[0]], hi: [s.last, d.last, pr[1]], label });
+          continue;
+        }
+        if (shape === 'related') {
+          boxes.push({ lo: [s.first, d.first], hi: [s.last, d.last], label });
           continue;
         }
         for (const sp of portRanges(p.origin)) {

@@ -117,7 +117,7 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
     s.add(`\t\tcounter drop comment ${quote(`default drop: ${a.name} -> ${b.name}`)}`);
     s.add('\t}');
   }
-  for (const pair of local) renderLookupChains(s, pair, 'l');
+  for (const pair of local) renderLookupChains(s, pair, 'l', ir.conntrackMark);
 
   if (viaCf.length > 0 && ir.tunnel) renderCloudflareSteering(s, ir, viaCf, lanNo);
 
@@ -170,17 +170,17 @@ function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], lanNo:
       s.add('\t}');
     }
   }
-  for (const pair of viaCf) renderLookupChains(s, pair, 'c');
+  for (const pair of viaCf) renderLookupChains(s, pair, 'c', ir.conntrackMark);
   void lanNo;
 }
 
 /** `li_/lr_` (local) and `ci_/cr_` (via Cloudflare) chains: one map lookup per family and key shape. */
-function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c'): void {
+function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c', conntrackMark: number): void {
   for (const [direction, maps] of [['i', pair.initiate], ['r', pair.reply]] as const) {
     if (maps.length === 0) continue;
     s.add('');
     s.add(`\tchain ${prefix}${direction}_${pair.key} {`);
-    for (const map of maps) s.add(`\t\t${lookupRule(map, direction === 'r')}`);
+    for (const map of maps) s.add(`\t\t${lookupRule(map, direction === 'r', conntrackMark)}`);
     s.add('\t}');
   }
 }
@@ -198,9 +198,14 @@ function dimType(dim: Dim, family: Family): string {
   return dim === 'l4proto' ? 'inet_proto' : 'inet_service';
 }
 
-function lookupRule(map: IrMap, reply: boolean): string {
+function lookupRule(map: IrMap, reply: boolean, conntrackMark: number): string {
   const key = map.dims.map((d) => dimExpression(reply ? REPLY_DIM[d] : d, map.family)).join(' . ');
-  const guard = map.shape === 'ports' ? 'meta l4proto { tcp, udp }' : 'meta l4proto != { tcp, udp }';
+  const m = hex(conntrackMark);
+  const guard = map.shape === 'ports' ? 'meta l4proto { tcp, udp }'
+    : map.shape === 'proto' ? 'meta l4proto != { tcp, udp }'
+    // ICMP/ICMPv6 errors of a tracked flow. Back toward the initiator only if the flow's own
+    // packets last went through a bidirectional policy (the conntrack mark bit says so).
+    : reply ? `ct state related meta l4proto { 1, 58 } ct mark & ${m} == ${m}` : 'ct state related meta l4proto { 1, 58 }';
   return `${guard} ${key} vmap @${map.name}`;
 }
 
@@ -233,6 +238,10 @@ function renderPolicyChain(s: Script, p: IrPolicy, ir: Ir): void {
   s.add(`\tchain ${p.chain} {`, p.id);
   // Unidirectional: the shared maps also answer reply lookups; a reply falls through to the drop.
   if (p.unidirectional) s.add('\t\tct direction reply return', p.id);
+  // Every allowed packet records on its flow whether replies (and so ICMP errors) may come back.
+  const ct = hex(ir.conntrackMark);
+  const notCt = hex(~ir.conntrackMark >>> 0);
+  s.add(p.unidirectional ? `\t\tct mark set ct mark & ${notCt}` : `\t\tct mark set ct mark | ${ct}`, p.id);
   const comment = quote(`${p.name}`);
   if (p.path === 'cloudflare' && ir.tunnel) {
     const m = hex(ir.tunnel.mark);

@@ -32,12 +32,18 @@ export interface Site {
   tunnel?: Tunnel;
   /** Default policy source (file or directory), relative paths resolved by the loader. */
   policies?: string;
+  /**
+   * Conntrack mark bit(s) meaning "this flow's replies are allowed": kept up to date by every
+   * allowed packet, read for ICMP errors related to the flow (whose ports nft cannot key on).
+   */
+  conntrackMark: number;
 }
 
 export const DEFAULT_TABLE = 'connector_acl';
 export const DEFAULT_TUNNEL_MARK = 0x0cf00000;
 export const DEFAULT_ROUTE_TABLE = 207;
 export const DEFAULT_RULE_PRIORITY = 1207;
+export const DEFAULT_CONNTRACK_MARK = 0x20000000;
 
 export interface PortRange {
   from: number;

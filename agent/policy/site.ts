@@ -2,12 +2,12 @@
 import { parseSubnet, type AddressRange } from './address.js';
 import { isObject, join, readInteger, readList, readString, typeName, warnUnknownKeys, type Doc } from './fields.js';
 import {
-  DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, DEFAULT_TUNNEL_MARK,
+  DEFAULT_CONNTRACK_MARK, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, DEFAULT_TUNNEL_MARK,
   type Lan, type Site, type Tunnel,
 } from './model.js';
 import { ProblemSink, hasErrors, type Problem } from './problems.js';
 
-const SITE_KEYS = ['table', 'lans', 'tunnel', 'policies', 'agent'] as const;
+const SITE_KEYS = ['table', 'lans', 'tunnel', 'policies', 'conntrack_mark', 'agent'] as const;
 const LAN_KEYS = ['id', 'name', 'interface', 'subnets'] as const;
 const TUNNEL_KEYS = ['interface', 'gateway', 'gateway6', 'mark', 'route_table', 'rule_priority'] as const;
 
@@ -66,8 +66,14 @@ export function parseSite(doc: unknown, file: string): SiteResult {
   const policies = readString(doc, 'policies', '', sink);
   if (doc.agent !== undefined && !isObject(doc.agent)) sink.error('agent', `must be a mapping, not ${typeName(doc.agent)}`);
 
+  const conntrackMark = readInteger(doc, 'conntrack_mark', '', sink, 1, 0xffffffff) ?? DEFAULT_CONNTRACK_MARK;
+  if (tunnel && (tunnel.mark & conntrackMark) !== 0) {
+    // Tools that restore the conntrack mark into the packet mark would steer flows into the tunnel.
+    sink.error('conntrack_mark', `0x${conntrackMark.toString(16)} shares bits with tunnel.mark 0x${tunnel.mark.toString(16)}; pick bits the tunnel mark does not use`);
+  }
+
   if (hasErrors(sink.problems)) return { problems: sink.problems };
-  return { site: { table, lans, tunnel, policies }, problems: sink.problems };
+  return { site: { table, lans, tunnel, policies, conntrackMark }, problems: sink.problems };
 }
 
 function parseLan(raw: unknown, path: string, sink: ProblemSink): Lan | undefined {

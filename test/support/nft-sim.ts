@@ -180,6 +180,10 @@ function evalRule(rs: Ruleset, rule: string, pkt: Packet): string | undefined {
     return 'accept';
   }
   if (/^counter name \S+ accept$/.test(rule)) return 'accept';
+  // The simulated flows carry no ICMP errors: conntrack would not call them related.
+  if (/^ct state related meta l4proto \{ 1, 58 \} .+ vmap @\S+$/.test(rule)) return undefined;
+  // The conntrack mark only matters for related ICMP errors, which are not simulated.
+  if (/^ct mark set ct mark [|&] 0x[0-9a-f]+$/.test(rule)) return undefined;
   if ((m = /^meta l4proto (!= )?\{ tcp, udp \} (.+) vmap @(\S+)$/.exec(rule))) {
     const [, negate, keyText, map] = m;
     if (hasPorts(pkt.proto) === Boolean(negate)) return undefined;
