@@ -201,9 +201,9 @@ export class Agent {
       this.log.info({ event: 'lkg-none' }, 'no last-known-good state yet');
       return;
     }
-    const r = await this.reconciler.enforce(entry.documents, 'last-known-good');
+    const r = (await this.reconciler.adopt(entry.documents, 'last-known-good')) ?? await this.reconciler.enforce(entry.documents, 'last-known-good');
     if (r.ok) {
-      this.log.info({ event: 'lkg-enforced', rulesetHash: r.hash, policies: r.policies, savedAt: entry.savedAt }, `enforcing last-known-good (${r.policies} policies, saved ${entry.savedAt}) until the source answers`);
+      this.log.info({ event: 'lkg-enforced', rulesetHash: r.hash, policies: r.policies, savedAt: entry.savedAt, reloaded: r.applied }, `enforcing last-known-good (${r.policies} policies, saved ${entry.savedAt}) until the source answers`);
       return;
     }
     // The set no longer fits the config (a LAN removed?) or the kernel refused it: keep what the

@@ -3,7 +3,8 @@
 // of the agent — source updates, API writes, drift repairs, config reloads — runs through one
 // queue, so applies never overlap and a drift check never races an apply.
 import type { Logger } from 'pino';
-import { applyPolicies, formatTableComment, rulesetHash, type Engine } from '../apply/engine.js';
+import { applyPolicies, formatTableComment, parseTableComment, rulesetHash, type Engine } from '../apply/engine.js';
+import { tableComment } from '../nft/live.js';
 import { ApplyError, EnvironmentError } from '../apply/errors.js';
 import type { AclObject, EnforceOutcome, Enforcer } from '../control/contracts.js';
 import { lower } from '../ir/lower.js';
@@ -142,6 +143,41 @@ export class Reconciler {
         this.deps.log.info({ event: 'routing-removed', changes }, 'tunnel removed from the config: our ip rules and routes removed');
       }
       return r;
+    });
+  }
+
+  /**
+   * Startup after a restart: when the kernel already holds exactly this set's ruleset (the hash in
+   * the table comment), take it over without reloading it; policy routing is still ensured. The
+   * first drift check is a full one and re-applies if the table was edited meanwhile.
+   */
+  adopt(documents: PolicyDocument[], origin: Origin): Promise<EnforceResult | undefined> {
+    return this.queue.run(async () => {
+      const { engine, log, metrics, status } = this.deps;
+      const site = this.site;
+      const parsed = parsePolicies(documents, site);
+      if (hasErrors(parsed.problems)) return undefined;
+      const ir = lower(site, parsed.policies);
+      const hash = rulesetHash(ir);
+      const text = await engine.nft.tableText(site.table).catch(() => undefined);
+      const meta = parseTableComment(tableComment(text));
+      if (meta.hash !== hash) return undefined;
+      if (site.tunnel) await engine.routing.ensure(site.tunnel);
+      const key = sha256Hex(`${siteKey(site)}\n${canonicalJson(documents.map((d) => d.content))}`);
+      this.generation++;
+      this.enforcedState = {
+        documents, origin, key, rulesetHash: hash, manifest: render(ir).manifest, policies: ir.policies.length, site,
+        appliedAt: meta.appliedAt ?? new Date().toISOString(),
+      };
+      metrics.setRuleset(hash, ir.policies.length);
+      metrics.lastApplySuccess.set(Date.parse(meta.appliedAt ?? '') / 1000 || Date.now() / 1000);
+      status.policies = ir.policies.length;
+      status.lastApply = { hash, at: meta.appliedAt ?? new Date().toISOString(), durationMs: 0, policies: ir.policies.length, origin };
+      if (origin === 'last-known-good') status.enforcing = 'last-known-good';
+      metrics.enforcingLkg.set(status.enforcing === 'last-known-good' ? 1 : 0);
+      log.info({ event: 'adopted', origin, rulesetHash: hash, policies: ir.policies.length }, `the kernel already holds ruleset ${hash} (${ir.policies.length} policies): kept without reloading`);
+      this.deps.onStatus();
+      return { ok: true, applied: false, hash, policies: ir.policies.length, warnings: parsed.problems.filter((p) => p.severity === 'warning') };
     });
   }
 
