@@ -5,6 +5,7 @@
 //   3. rules/default-drop.nft (static: no forwarding at all until the agent applies).
 // Only nft is touched; policy routing waits for the agent (marked packets without a route to the
 // tunnel are dropped, so via-Cloudflare traffic fails closed too).
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +22,13 @@ export { BOOT_TABLE_MARK };
 
 /** rules/default-drop.nft next to the installed code (repo root or /opt/connector-acl). */
 export function defaultDropPath(): string {
-  // dist/agent/daemon/boot.js → ../../../rules
+  // dist/agent/daemon/boot.js (installed) or agent/daemon/boot.ts (tests): the first rules/ above.
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    dir = path.dirname(dir);
+    const candidate = path.join(dir, 'rules', 'default-drop.nft');
+    if (existsSync(candidate)) return candidate;
+  }
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'rules', 'default-drop.nft');
 }
 
