@@ -188,6 +188,24 @@ if (skip) {
       if (repairs < 2) await new Promise((r) => setTimeout(r, 100));
     }
     t.ok(repairs >= 2, `status counts ${repairs} repairs`);
+    // The tunnel link goes down and up: the kernel drops its routes; the link event brings them back.
+    await site.exec(site.connector, ['ip', 'link', 'set', 'cf0', 'down']);
+    await site.exec(site.connector, ['ip', 'link', 'set', 'cf0', 'up']);
+    const up = Date.now();
+    // Link down flushed cf0's IPv6 address (keep_addr_on_down=0); the network config would add it back.
+    await site.exec(site.connector, ['ip', '-6', 'addr', 'replace', '2001:db8:100::1/64', 'dev', 'cf0', 'nodad']);
+    let routeBack = -1;
+    while (Date.now() - up < 8000) {
+      const r = await site.exec(site.connector, ['ip', '-4', 'route', 'show', 'table', '207']);
+      const r6 = await site.exec(site.connector, ['ip', '-6', 'route', 'show', 'table', '207']);
+      if (/default/.test(r.stdout) && /default/.test(r6.stdout)) {
+        routeBack = Date.now() - up;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    t.ok(routeBack >= 0 && routeBack <= 5000, `tunnel route restored ${routeBack} ms after the link came back`);
+    t.comment(`drift repair latency (tunnel link down/up, link event): ${routeBack} ms`);
     const m = await httpOverUnix(metricsSock, '/metrics');
     t.match(m.text, /^connector_acl_drift_repairs_total\{what="table"\} [1-9]/m);
     t.match(m.text, /^connector_acl_drift_repairs_total\{what="routing"\} [1-9]/m);

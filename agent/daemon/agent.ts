@@ -428,12 +428,17 @@ export class Agent {
 /** Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the config. */
 export async function runAgent(options: AgentOptions): Promise<void> {
   const agent = new Agent(options);
-  const onHup = () => void agent.reload();
+  const onHup = () => void agent.reload().catch((e: Error) => agent.log.error({ event: 'config-reload-failed', error: e.message }, `config reload failed: ${e.message}`));
+  // A bug in a background task must not stop enforcement: log it loudly and carry on (the kernel
+  // keeps its ruleset either way; the watchdog catches a wedged agent).
+  const onRejection = (e: unknown) => agent.log.error({ event: 'unhandled-rejection', error: (e as Error)?.stack ?? String(e) }, `unhandled rejection: ${(e as Error)?.message ?? String(e)}`);
+  process.on('unhandledRejection', onRejection);
   process.on('SIGHUP', onHup);
   try {
     await agent.start();
   } catch (e) {
     process.off('SIGHUP', onHup);
+    process.off('unhandledRejection', onRejection);
     await agent.stop().catch(() => undefined);
     throw e;
   }
@@ -446,4 +451,5 @@ export async function runAgent(options: AgentOptions): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   process.off('SIGHUP', onHup);
+  process.off('unhandledRejection', onRejection);
 }

@@ -60,6 +60,7 @@ export class DriftMonitor {
   private nextFullAt = 0;
   private lastRetryAt = 0;
   private debounce: NodeJS.Timeout | undefined;
+  private lastFailure = { message: '', at: 0 };
   /** When the last check finished (ms), and whether it could read the kernel at all. */
   lastCheckAt = 0;
   lastCheckOk = true;
@@ -125,7 +126,17 @@ export class DriftMonitor {
       this.again = true;
       return this.running;
     }
-    this.running = this.checkOnce(reason).finally(() => {
+    this.running = this.checkOnce(reason).catch((e: unknown) => {
+      // Never let a failed repair take the agent down: log it (the same failure once a minute),
+      // the next check tries again.
+      const message = (e as Error).message;
+      const now = this.now();
+      if (message !== this.lastFailure.message || now - this.lastFailure.at > 60_000) {
+        this.lastFailure = { message, at: now };
+        this.deps.log.error({ event: 'drift-repair-failed', reason, error: message }, `drift repair failed: ${message}; retrying at every check`);
+      }
+      return undefined;
+    }).finally(() => {
       this.running = undefined;
       if (this.again && !this.stopped) {
         this.again = false;
