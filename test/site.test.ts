@@ -114,7 +114,7 @@ t.test('LAN subnets', async (t) => expectProblems(t, { lans: [lan(1, { subnets: 
     'config.yaml: lans[0].subnets[1]: "x" is not an IPv4 or IPv6 address',
     'config.yaml: lans[0].subnets[2]: must be an address or prefix string, not number 5',
   ],
-  warnings: ['config.yaml: lans[0].subnets[0]: "198.18.1.1/24" has host bits set; using 198.18.1.0/24'],
+  warnings: ['config.yaml: lans[0].subnets[0]: "198.18.1.1/24" has host bits set; it is read as 198.18.1.0/24'],
 }));
 
 t.test('tunnel', async (t) => {

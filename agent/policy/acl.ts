@@ -1,6 +1,6 @@
 // Cloudflare ACL objects (the API's own field names) → validated policies.
-import { parseSubnet, rangeContains, type AddressRange } from './address.js';
-import { isObject, join, readBoolean, readList, readString, typeName, warnUnknownKeys, type Doc } from './fields.js';
+import { rangeContains, type AddressRange } from './address.js';
+import { isObject, join, readBoolean, readList, readString, readSubnets, typeName, warnUnknownKeys, type Doc } from './fields.js';
 import { canonicalJson, sha256Hex } from './hash.js';
 import { PROTOCOLS, type Endpoint, type Lan, type Policy, type PortRange, type Protocol, type Site } from './model.js';
 import { ProblemSink, type Problem } from './problems.js';
@@ -255,22 +255,16 @@ export function mergePortRanges(ranges: PortRange[]): PortRange[] {
 
 function parseEndpointSubnets(v: Doc, side: string, lan: Lan | undefined, sink: ProblemSink): AddressRange[] {
   const out: AddressRange[] = [];
-  readList(v, 'subnets', side, sink)?.forEach((s, i) => {
-    const at = join(join(side, 'subnets'), i);
-    if (typeof s !== 'string') return sink.error(at, `must be an address or prefix string, not ${typeName(s)}`);
-    const parsed = parseSubnet(s);
-    if (!parsed.ok) return sink.error(at, parsed.reason);
-    if (parsed.hostBitsSet) sink.warn(at, `"${s}" has host bits set; it is read as ${parsed.range.text}`);
-    const range = parsed.range;
+  for (const { range, at } of readSubnets(v, side, sink)) {
     if (lan && lan.subnets.length > 0 && !lan.subnets.some((ls) => rangeContains(ls, range))) {
       sink.warn(at, `${range.text} is outside the subnets of LAN "${lan.name}" (${lan.subnets.map((x) => x.text).join(', ')})`);
     }
     if (out.some((o) => o.family === range.family && o.first === range.first && o.last === range.last)) {
       sink.warn(at, `${range.text} is listed twice`);
-      return;
+      continue;
     }
     out.push(range);
-  });
+  }
   return out;
 }
 

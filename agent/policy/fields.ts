@@ -1,4 +1,5 @@
 // Small typed readers for untrusted documents: each reports a precise problem and returns undefined.
+import { parseSubnet, type AddressRange } from './address.js';
 import type { ProblemSink } from './problems.js';
 
 export type Doc = Record<string, unknown>;
@@ -77,4 +78,18 @@ export function readList(doc: Doc, key: string, path: string, sink: ProblemSink)
     return undefined;
   }
   return v;
+}
+
+/** A list of addresses or prefixes: each parsed, host bits warned about, with its field path. */
+export function readSubnets(doc: Doc, path: string, sink: ProblemSink): { range: AddressRange; at: string }[] {
+  const out: { range: AddressRange; at: string }[] = [];
+  readList(doc, 'subnets', path, sink)?.forEach((s, i) => {
+    const at = join(join(path, 'subnets'), i);
+    if (typeof s !== 'string') return sink.error(at, `must be an address or prefix string, not ${typeName(s)}`);
+    const parsed = parseSubnet(s);
+    if (!parsed.ok) return sink.error(at, parsed.reason);
+    if (parsed.hostBitsSet) sink.warn(at, `"${s}" has host bits set; it is read as ${parsed.range.text}`);
+    out.push({ range: parsed.range, at });
+  });
+  return out;
 }

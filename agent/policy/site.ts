@@ -1,6 +1,6 @@
 // Site config: the LANs of this Connector, the tunnel toward Cloudflare, the table we own.
 import { parseSubnet, type AddressRange } from './address.js';
-import { isObject, join, readInteger, readList, readString, typeName, warnUnknownKeys, type Doc } from './fields.js';
+import { isObject, join, readInteger, readList, readString, readSubnets, typeName, warnUnknownKeys, type Doc } from './fields.js';
 import {
   DEFAULT_CONNTRACK_MARK, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, DEFAULT_TUNNEL_MARK,
   type Lan, type Site, type Tunnel,
@@ -89,15 +89,7 @@ function parseLan(raw: unknown, path: string, sink: ProblemSink): Lan | undefine
   if (iface !== undefined && !isInterfaceName(iface)) {
     sink.error(join(path, 'interface'), `"${iface}" is not a valid interface name (${INTERFACE_RULE})`);
   }
-  const subnets: AddressRange[] = [];
-  readList(raw, 'subnets', path, sink)?.forEach((s, i) => {
-    const at = join(join(path, 'subnets'), i);
-    if (typeof s !== 'string') return sink.error(at, `must be an address or prefix string, not ${typeName(s)}`);
-    const parsed = parseSubnet(s);
-    if (!parsed.ok) return sink.error(at, parsed.reason);
-    if (parsed.hostBitsSet) sink.warn(at, `"${s}" has host bits set; using ${parsed.range.text}`);
-    subnets.push(parsed.range);
-  });
+  const subnets: AddressRange[] = readSubnets(raw, path, sink).map((s) => s.range);
   if (id === undefined || iface === undefined || !LAN_ID.test(id) || !isInterfaceName(iface)) return undefined;
   return { id, name: name ?? id, interface: iface, subnets };
 }
