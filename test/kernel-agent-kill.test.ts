@@ -84,11 +84,26 @@ if (skip) {
     return n === undefined ? 'impossible' : undefined;
   };
 
+  /** Resolves when the agent has an `nft -f -` child (an apply's load), polling /proc every 2 ms. */
+  const nftLoadStarted = async (pid: number, timeoutMs: number): Promise<boolean> => {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '')).split(/\s+/).filter(Boolean);
+      for (const c of children) {
+        const cmd = await readFile(`/proc/${c}/cmdline`, 'utf8').catch(() => '');
+        if (cmd === 'nft\0-f\0-\0') return true;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    return false;
+  };
+
   const waitConverged = async (agent: AgentProcess, n: number, timeoutMs = 20_000): Promise<number> => {
     const started = Date.now();
     while (Date.now() - started < timeoutMs) {
-      const w = await wholeSet();
-      if (w.set === n) return Date.now() - started;
+      // Cheap poll on the hash in the table comment, then the full comparison once.
+      const text = await site.exec(site.connector, ['nft', 'list', 'table', 'inet', 'connector_acl'], { timeoutMs: 20_000 });
+      if (/hash=(\w+)/.exec(tableComment(text.stdout) ?? '')?.[1] === sets[n].hash && (await wholeSet()).set === n) return Date.now() - started;
       if (!agent.running) throw new Error(`the agent exited: ${agent.tail()}`);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -104,14 +119,29 @@ if (skip) {
     const applyMs = Number((await agent.event('apply')).durationMs);
     t.comment(`one apply of ${POLICIES} policies takes ${applyMs} ms in the agent`);
     const outcomes = { old: 0, new: 0 };
+    let inFlight = 0;
     const broken: string[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       const next = 1 - current;
       await writeSet(next);
-      // Kill somewhere between the file change, the debounce, the apply and the LKG write.
-      const delay = Math.floor(Math.random() * (300 + applyMs * 2 + 200));
-      await new Promise((r) => setTimeout(r, delay));
+      // Odd rounds: kill at a random moment between the file change, the debounce, the apply and
+      // the LKG write. Even rounds: kill while the `nft -f -` transaction is being fed (its stdin
+      // may be cut short) or right after.
+      const changed = Date.now();
+      let delay: number;
+      if (round % 2 === 1) {
+        delay = Math.floor(Math.random() * (300 + applyMs * 2 + 200));
+        await new Promise((r) => setTimeout(r, delay));
+      } else {
+        await nftLoadStarted(agent.pid, 3000);
+        await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 15)));
+        delay = Date.now() - changed;
+      }
       await agent.kill9();
+      // Was an nft transaction still in flight (orphaned by the kill)?
+      const pids = (await site.exec(site.connector, ['ip', 'netns', 'pids', site.connector])).stdout.split(/\s+/).filter(Boolean);
+      const comms = await Promise.all(pids.map((p) => readFile(`/proc/${p}/comm`, 'utf8').catch(() => '')));
+      if (comms.some((c) => c.trim() === 'nft')) inFlight++;
       for (const after of [0, 250]) {
         await new Promise((r) => setTimeout(r, after));
         const w = await wholeSet();
@@ -130,7 +160,7 @@ if (skip) {
       current = next;
     }
     t.same(broken, [], 'never a partial or missing ruleset, never a torn last-known-good');
-    t.comment(`after the kills the kernel held the old set ${outcomes.old} times and the new set ${outcomes.new} times`);
+    t.comment(`after the kills the kernel held the old set ${outcomes.old} times and the new set ${outcomes.new} times; ${inFlight} kills left an nft load in flight`);
     t.ok(outcomes.old > 0 && outcomes.new > 0, 'kills landed both before and after the new set went in');
     await agent.stop();
   });

@@ -70,6 +70,7 @@ export class Agent {
   private fileSource: FileSource | undefined;
   private readonly abort = new AbortController();
   private remoteLoop: Promise<void> | undefined;
+  private remoteClient: RemoteClient | undefined;
   private readySent = false;
   private stopping: Promise<void> | undefined;
   private readonly startedAt = Date.now();
@@ -276,7 +277,7 @@ export class Agent {
     } catch (e) {
       throw new EnvironmentError(`cannot open the ACL store in ${this.config.agent.stateDir}: ${(e as Error).message}`);
     }
-    const r = await this.reconciler.enforce([{ file: 'api', content: this.store.list() }], 'local');
+    const r = await this.reconciler.enforce([{ file: 'local API', content: this.store.list() }], 'local');
     this.sourceResult(r);
     try {
       this.api = await startApiServer({
@@ -298,6 +299,7 @@ export class Agent {
   private startRemote(credentials: Awaited<ReturnType<typeof readRemoteCredentials>>): void {
     const remote = this.config.agent.remote!;
     const client = new RemoteClient(remoteClientOptions(remote, credentials));
+    this.remoteClient = client;
     // Retries start at 1 s and back off to at most 4 poll intervals (5 s … 5 min), with full jitter.
     const backoff = new Backoff({ minMs: 1_000, maxMs: Math.min(300_000, Math.max(5_000, remote.pollIntervalMs * 4)) });
     const signal = this.abort.signal;
@@ -397,6 +399,10 @@ export class Agent {
       this.fileSource.stop();
       await this.startFile();
     }
+    // A set the old config rejected may fit the new one: ask the source again.
+    if (this.store) this.sourceResult(await this.reconciler.enforce([{ file: 'local API', content: this.store.list() }], 'local'));
+    this.remoteClient?.resetCache();
+    if (this.fileSource && this.status.source.state === 'rejected') void this.fileSource.refresh();
     this.metrics.configReloads.inc({ result: 'applied' });
     this.status.config = { file: configFile, loadedAt: new Date().toISOString() };
     this.log.info({ event: 'config-reloaded', lans: next.site.lans.length, rulesetHash: r.ok ? r.hash : undefined }, 'config reloaded');

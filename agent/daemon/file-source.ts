@@ -72,6 +72,11 @@ export class FileSource {
     );
   }
 
+  /** Reads and delivers the set again now (e.g. after a config reload). */
+  refresh(): Promise<void> {
+    return this.deliver();
+  }
+
   private changed(): void {
     if (this.stopped) return;
     if (this.debounce) clearTimeout(this.debounce);
