@@ -8,6 +8,7 @@
 // counters in the Cloudflare namespace (keyed by 5-tuple, or address pair for ICMP), so probes
 // may run concurrently. Expected drops cost one timeout (default 1 s).
 import { canonicalAddress, TUNNEL_COUNT_TABLE, HOST_COUNT_TABLE, type Host, type Site } from './site.js';
+import { countProbe } from './stats.js';
 
 export type Family = 4 | 6;
 
@@ -173,6 +174,7 @@ export async function tcpProbe(from: Host, to: Host, port: number, options: Prob
   const token = e.site.nextToken();
   const before = await tunnelCounts(e.site);
   const { reply, srcPort } = await clientRequest(from, 'tcp', { host: e.dst, port, token }, options, e.timeoutMs);
+  countProbe('tcp');
   const after = await tunnelCounts(e.site);
   return {
     proto: 'tcp', from: from.name, to: to.name, src: e.src, dst: e.dst, family: e.family, srcPort, port,
@@ -192,6 +194,7 @@ export async function udpProbe(from: Host, to: Host, port: number, options: Prob
   const token = e.site.nextToken();
   const before = await tunnelCounts(e.site);
   const { reply, srcPort } = await clientRequest(from, 'udp', { host: e.dst, port, token }, options, e.timeoutMs);
+  countProbe('udp');
   const after = await tunnelCounts(e.site);
   return {
     proto: 'udp', from: from.name, to: to.name, src: e.src, dst: e.dst, family: e.family, srcPort, port,
@@ -214,6 +217,7 @@ export async function icmpProbe(from: Host, to: Host, options: Omit<ProbeOptions
     const seconds = (e.timeoutMs / 1000).toFixed(3);
     const r = await e.site.exec(from.ns, ['ping', `-${e.family}`, '-n', '-q', '-c', '1', '-W', seconds, e.dst], { timeoutMs: e.timeoutMs + 5_000 });
     const ms = Date.now() - started;
+    countProbe('icmp');
     const [tAfter, dAfter] = await Promise.all([tunnelCounts(e.site), echoCounts(to)]);
     return {
       proto: 'icmp' as const, from: from.name, to: to.name, src: e.src, dst: e.dst, family: e.family,
@@ -259,6 +263,7 @@ export async function tcpSession(from: Host, to: Host, port: number, options: Pr
   const token = e.site.nextToken();
   const before = await tunnelCounts(e.site);
   const { reply, srcPort } = await clientRequest(from, 'open', { host: e.dst, port, token }, options, e.timeoutMs);
+  countProbe('tcp');
   const after = await tunnelCounts(e.site);
   const fwd = [e.src, e.dst, 'tcp', srcPort, port];
   const rev = [e.dst, e.src, 'tcp', port, srcPort];
@@ -279,6 +284,7 @@ export async function tcpSession(from: Host, to: Host, port: number, options: Pr
       const t = e.site.nextToken();
       const b = await tunnelCounts(e.site);
       const r = await from.agent.request<{ roundTrip: boolean; ms: number }>('send', { handle, token: t, timeoutMs }, timeoutMs + 5_000);
+      countProbe('tcp');
       const a = await tunnelCounts(e.site);
       return { roundTrip: r.roundTrip, delivered: await tokenSeen(to, t), tunnel: crossing(e.site, b, a, fwd, rev), ms: r.ms };
     },

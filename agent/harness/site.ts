@@ -7,6 +7,8 @@
 // Everything gets unique names (`cacl-<pid>-<random>-…`), only 198.18.0.0/15 and 2001:db8::/32
 // addresses are used, and nothing in the root namespace is touched except creating and deleting
 // the namespaces themselves. `destroy()` removes them; an exit/SIGINT/SIGTERM hook does it too.
+// With CACL_KEEP_NETNS=1 in the environment, destroy() stops the processes but leaves the
+// namespaces for inspection and prints their names (the next harness run sweeps them).
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -102,6 +104,9 @@ export const TUNNEL_COUNT_TABLE = 'cacl_tunnel';
 export const HOST_COUNT_TABLE = 'cacl_host';
 
 const NAME_PREFIX = 'cacl-';
+
+/** CACL_KEEP_NETNS=1 (or true/yes): leave the namespaces behind for inspection. Off by default. */
+export const keepNamespaces = (): boolean => /^(1|true|yes)$/i.test(process.env.CACL_KEEP_NETNS ?? '');
 const HOST_NAME = /^[a-z0-9][a-z0-9-]{0,30}$/i;
 
 // ---------------------------------------------------------------------------------------------
@@ -249,6 +254,10 @@ export class Site {
   /** Every namespace this site created, in creation order. */
   readonly namespaces: string[] = [];
   private readonly agents: HostAgent[] = [];
+  /** Other helper processes started in this site's namespaces (e.g. raw-IP agents), killed on destroy. */
+  private readonly helpers: { killNow(): void }[] = [];
+  private planned: PlannedLan[] = [];
+  private readonly unplugged = new Set<number>();
   private destroyed = false;
   private portCounter: number;
   private tokenCounter = 0;
@@ -299,6 +308,72 @@ export class Site {
       release();
       if (this.locks.get(key) === chained) this.locks.delete(key);
     }
+  }
+
+  /** Registers a helper process of this site so destroy() (and the exit hooks) kill it. */
+  adopt(helper: { killNow(): void }): void {
+    if (this.destroyed) {
+      helper.killNow();
+      return;
+    }
+    this.helpers.push(helper);
+  }
+
+  /**
+   * Adds addresses to a LAN host's interface (with the LAN's prefix length, so the host reaches
+   * its router from each of them). Addresses it already has are skipped.
+   */
+  async addAddresses(host: Host, addresses: string[]): Promise<void> {
+    const planned = this.planned.flatMap((l) => l.hosts).find((h) => h.ns === host.ns);
+    if (!planned || !host.lan) throw new Error(`host ${host.name} is not a LAN host of this site`);
+    const have = this.extraAddresses.get(host.ns) ?? new Set<string>([host.v4, host.v6].filter((a): a is string => !!a));
+    this.extraAddresses.set(host.ns, have);
+    const cmds: string[] = [];
+    for (const raw of addresses) {
+      const a = canonicalAddress(raw);
+      if (have.has(a)) continue;
+      const v6 = a.includes(':');
+      const len = v6 ? planned.prefix6 : planned.prefix4;
+      if (len === undefined) throw new Error(`LAN ${host.lan.name} has no IPv${v6 ? 6 : 4} subnet for ${a}`);
+      cmds.push(`address add ${a}/${len} dev ${planned.ifname}${v6 ? ' nodad' : ''}`);
+      have.add(a);
+    }
+    if (cmds.length > 0) await this.batch(host.ns, cmds, 15_000);
+  }
+
+  private readonly extraAddresses = new Map<string, Set<string>>();
+
+  /**
+   * Pulls a LAN's cable: deletes the Connector's interface for it (and with it the veth's other
+   * end). Only for LANs with a single host and no VLAN. `plugLan` puts it back as it was built.
+   */
+  async unplugLan(lan: SiteLan): Promise<void> {
+    const p = this.plannedLan(lan);
+    await this.batch(this.connector, [`link del ${p.desc.interface}`], 10_000);
+    this.unplugged.add(p.n);
+  }
+
+  /** Re-creates an unplugged LAN's link, addresses and routes: the interface appears again by name. */
+  async plugLan(lan: SiteLan): Promise<void> {
+    const p = this.plannedLan(lan);
+    const h = p.hosts[0];
+    const conn = [`link add ${p.desc.interface} type veth peer name eth0 netns ${h.ns}`, `link set ${p.desc.interface} up`];
+    if (p.router4) conn.push(`address add ${p.router4} dev ${p.desc.interface}`);
+    if (p.router6) conn.push(`address add ${p.router6} dev ${p.desc.interface} nodad`);
+    await this.batch(this.connector, conn, 10_000);
+    const cmds = ['link set eth0 up'];
+    if (h.v4) cmds.push(`address add ${h.v4}/${h.prefix4} dev eth0`, `route add default via ${p.router4!.split('/')[0]} dev eth0`);
+    if (h.v6) cmds.push(`address add ${h.v6}/${h.prefix6} dev eth0 nodad`, `route add ::/0 via ${p.router6!.split('/')[0]} dev eth0`);
+    await this.batch(h.ns, cmds, 10_000);
+    this.extraAddresses.delete(h.ns);
+    this.unplugged.delete(p.n);
+  }
+
+  private plannedLan(lan: SiteLan): PlannedLan {
+    const p = this.planned.find((l) => l.n === lan.n);
+    if (!p) throw new Error(`no LAN ${lan.name} in this site`);
+    if (p.desc.vlan || p.switchNs || p.hosts.length !== 1) throw new Error(`LAN ${lan.name}: only a single-host LAN without VLAN can be unplugged`);
+    return p;
   }
 
   /** Runs argv inside a namespace of this site. */
@@ -388,6 +463,7 @@ export class Site {
   private async buildSteps(timeoutMs: number): Promise<void> {
     await sweepStaleNamespaces().catch(() => undefined);
     const lans = this.plan();
+    this.planned = lans;
 
     // 1. Namespaces, in one `ip -batch`.
     const all = [
@@ -544,6 +620,11 @@ export class Site {
     this.destroyed = true;
     liveSites.delete(this);
     for (const a of this.agents) a.killNow();
+    for (const h of this.helpers) h.killNow();
+    if (keepNamespaces()) {
+      this.reportKept();
+      return;
+    }
     const existing = new Set(await listNamespaces());
     const mine = this.namespaces.filter((n) => existing.has(n));
     if (mine.length > 0) {
@@ -561,7 +642,17 @@ export class Site {
     this.destroyed = true;
     liveSites.delete(this);
     for (const a of this.agents) a.killNow();
+    for (const h of this.helpers) h.killNow();
+    if (keepNamespaces()) {
+      this.reportKept();
+      return;
+    }
     for (const n of this.namespaces) runSync(['ip', 'netns', 'del', n]);
+  }
+
+  private reportKept(): void {
+    process.stderr.write(`CACL_KEEP_NETNS: keeping the namespaces of site ${this.id} for inspection: ${this.namespaces.join(' ')}\n`
+      + `  remove them with: for n in ${this.namespaces.join(' ')}; do ip netns del $n; done\n`);
   }
 }
 
@@ -593,15 +684,51 @@ function tunnelCountRuleset(): string {
   ].join('\n');
 }
 
+/**
+ * The host namespaces' counting table. `echo4`/`echo6`: echo requests that arrived, by source
+ * (icmpProbe). For exchanges (exchange.ts), per flow: `in*`/`out*` count packets that arrived at /
+ * left this host (`p`: TCP and UDP by 5-tuple; `n`: ICMP echo request/reply and every protocol
+ * other than TCP, UDP and ICMP, by address pair and protocol), `ttl4`/`ttl6` the TTL / hop limit
+ * they arrived with (by address pair and protocol). ICMP errors are not counted as packets of a flow.
+ */
 function hostCountRuleset(): string {
+  const set = (name: string, spec: string): string => `\tset ${name} { ${spec}; flags dynamic; size 65535; counter; }`;
+  const p4 = 'ip saddr . ip daddr . meta l4proto . th sport . th dport';
+  const p6 = 'ip6 saddr . ip6 daddr . meta l4proto . th sport . th dport';
+  const n4 = 'ip saddr . ip daddr . meta l4proto';
+  const n6 = 'ip6 saddr . ip6 daddr . meta l4proto';
+  const ttl4 = (on: boolean) => (on ? ` update @ttl4 { ${n4} . ip ttl }` : '');
+  const ttl6 = (on: boolean) => (on ? ` update @ttl6 { ${n6} . ip6 hoplimit }` : '');
+  const counting = (dir: 'in' | 'out', ttl: boolean): string[] => [
+    `\t\tmeta nfproto ipv4 meta l4proto { tcp, udp } update @${dir}4p { ${p4} }${ttl4(ttl)}`,
+    `\t\tmeta nfproto ipv6 meta l4proto { tcp, udp } update @${dir}6p { ${p6} }${ttl6(ttl)}`,
+    `\t\tmeta nfproto ipv4 meta l4proto != { tcp, udp, icmp } update @${dir}4n { ${n4} }${ttl4(ttl)}`,
+    `\t\ticmp type { echo-request, echo-reply } update @${dir}4n { ${n4} }${ttl4(ttl)}`,
+    `\t\tmeta nfproto ipv6 meta l4proto != { tcp, udp, ipv6-icmp } update @${dir}6n { ${n6} }${ttl6(ttl)}`,
+    `\t\ticmpv6 type { echo-request, echo-reply } update @${dir}6n { ${n6} }${ttl6(ttl)}`,
+  ];
   return [
     `table inet ${HOST_COUNT_TABLE} {`,
     '\tset echo4 { type ipv4_addr; flags dynamic; size 65535; counter; }',
     '\tset echo6 { type ipv6_addr; flags dynamic; size 65535; counter; }',
+    ...['in', 'out'].flatMap((d) => [
+      set(`${d}4p`, 'type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service'),
+      set(`${d}6p`, 'type ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service'),
+      set(`${d}4n`, 'type ipv4_addr . ipv4_addr . inet_proto'),
+      set(`${d}6n`, 'type ipv6_addr . ipv6_addr . inet_proto'),
+    ]),
+    // TTLs by address pair and protocol only: nft 1.0.6 mis-lists a TTL after ports in a key.
+    set('ttl4', `typeof ${n4} . ip ttl`),
+    set('ttl6', `typeof ${n6} . ip6 hoplimit`),
     '\tchain input {',
     '\t\ttype filter hook input priority filter; policy accept;',
     '\t\ticmp type echo-request update @echo4 { ip saddr }',
     '\t\ticmpv6 type echo-request update @echo6 { ip6 saddr }',
+    ...counting('in', true),
+    '\t}',
+    '\tchain output {',
+    '\t\ttype filter hook output priority filter; policy accept;',
+    ...counting('out', false),
     '\t}',
     '}',
     '',
