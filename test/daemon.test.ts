@@ -1,7 +1,7 @@
 // The daemon's parts that need no kernel: crash-safe files, last-known-good, the boot fallbacks,
 // sd_notify, metrics, status lines, link event parsing, the file watcher and the serial queue;
 // and `systemd-analyze verify` on the units when systemd is here.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmod, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,7 +11,7 @@ import { writeFileAtomic } from '../agent/daemon/atomic.js';
 import { bootLoad, defaultDropPath } from '../agent/daemon/boot.js';
 import { linkEventName } from '../agent/daemon/drift.js';
 import { FileSource } from '../agent/daemon/file-source.js';
-import { LastKnownGood } from '../agent/daemon/lkg.js';
+import { claimStateDir, LastKnownGood, PID_FILE } from '../agent/daemon/lkg.js';
 import { AgentMetrics } from '../agent/daemon/metrics.js';
 import { SystemdNotifier } from '../agent/daemon/notify.js';
 import { SerialQueue } from '../agent/daemon/reconciler.js';
@@ -67,6 +67,20 @@ t.test('last-known-good: round trip, stale temp files swept, a damaged file is a
   t.same(await lkg.sweep(), ['.lkg.json.999999.0badc0de.tmp']);
   await writeFile(lkg.jsonPath, '{"format": 7}');
   await t.rejects(lkg.load(), /not a last-known-good file/);
+});
+
+t.test('one agent per state_dir: a live agent blocks a second, a stale pid file is taken over', async (t) => {
+  const dir = await tmp(t);
+  await writeFile(path.join(dir, PID_FILE), '999999999\n');
+  const lock = await claimStateDir(dir);
+  t.equal((await readFile(path.join(dir, PID_FILE), 'utf8')).trim(), String(process.pid), 'stale pid file taken over');
+  await lock.release();
+  await t.rejects(readFile(path.join(dir, PID_FILE)), 'released');
+  const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 10000)', 'agent'], { stdio: 'ignore' });
+  t.teardown(() => other.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 100));
+  await writeFile(path.join(dir, PID_FILE), `${other.pid}\n`);
+  await t.rejects(claimStateDir(dir), /another agent \(pid \d+\) is running/);
 });
 
 t.test('connector-acl boot: last-known-good, else the default drop between the LANs, else the static file', async (t) => {

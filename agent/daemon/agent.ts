@@ -21,7 +21,7 @@ import { formatProblem, type Problem } from '../policy/problems.js';
 import { BOOT_TABLE_MARK, loadAgentConfig, type LoadedConfig } from './config-load.js';
 import { DriftMonitor } from './drift.js';
 import { FileSource } from './file-source.js';
-import { LastKnownGood } from './lkg.js';
+import { claimStateDir, LastKnownGood } from './lkg.js';
 import { AgentMetrics, startMetricsServer, type Health } from './metrics.js';
 import { SystemdNotifier } from './notify.js';
 import { Reconciler, type EnforceResult } from './reconciler.js';
@@ -71,6 +71,7 @@ export class Agent {
   private readonly abort = new AbortController();
   private remoteLoop: Promise<void> | undefined;
   private remoteClient: RemoteClient | undefined;
+  private stateLock: { release(): Promise<void> } | undefined;
   private readySent = false;
   private stopping: Promise<void> | undefined;
   private readonly startedAt = Date.now();
@@ -112,6 +113,11 @@ export class Agent {
       await mkdir(agent.stateDir, { recursive: true, mode: 0o750 });
     } catch (e) {
       throw new EnvironmentError(`cannot create state_dir ${agent.stateDir}: ${(e as Error).message}`);
+    }
+    try {
+      this.stateLock = await claimStateDir(agent.stateDir);
+    } catch (e) {
+      throw new EnvironmentError((e as Error).message);
     }
     this.lkg = new LastKnownGood(agent.stateDir);
     await this.lkg.sweep();
@@ -426,6 +432,7 @@ export class Agent {
       await this.metricsServer?.close();
       this.statusWriter?.stop();
       await this.statusWriter?.flush();
+      await this.stateLock?.release();
       this.log.info({ event: 'stopped', rulesetHash: this.reconciler?.enforced?.rulesetHash }, 'agent stopped; the ruleset stays in the kernel');
     })());
   }

@@ -82,3 +82,27 @@ export class LastKnownGood {
     }
   }
 }
+
+export const PID_FILE = 'agent.pid';
+
+/**
+ * One agent per state_dir: a second one would fight the first over the table. The pid file names
+ * the running agent; a stale one (process gone, or not an agent any more) is taken over.
+ */
+export async function claimStateDir(stateDir: string): Promise<{ release(): Promise<void> }> {
+  const file = path.join(stateDir, PID_FILE);
+  const other = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(other) && other > 0 && other !== process.pid) {
+    const cmdline = await readFile(`/proc/${other}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('connector-acl') || / agent(\s|$)/.test(cmdline.replaceAll('\0', ' '))) {
+      throw new Error(`another agent (pid ${other}) is running with state_dir ${stateDir}`);
+    }
+  }
+  await writeFileAtomic(file, `${process.pid}\n`, 0o644);
+  return {
+    release: async () => {
+      const now = (await readFile(file, 'utf8').catch(() => '')).trim();
+      if (now === String(process.pid)) await unlink(file).catch(() => undefined);
+    },
+  };
+}
