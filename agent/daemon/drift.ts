@@ -5,9 +5,9 @@
 //     number of elements (catches `nft flush ruleset`, `delete table`, a flushed map), our ip rules
 //     (both families) and, when the tunnel interface is up, the default route in the tunnel table.
 //   full (cost-bounded): the whole table read back — manifest (chains and rule counts, maps and
-//     element counts, counters) and the ruleset hash in the table comment. A full listing costs
-//     ~1 s at 10k policies, so it runs at most every max(interval, 40 × its last duration):
-//     every 2 s for small rulesets, about once a minute at 10k.
+//     element counts, counters) and the ruleset hash in the table comment. Two listings cost
+//     4–5 s at 10k policies, so it runs at most every max(interval, 40 × its last duration):
+//     every 2 s for small rulesets, every few minutes at 10k (capped at 5 min).
 // Link events (`ip -o monitor link`) for LAN and tunnel interfaces trigger a quick check at once.
 import type { Logger } from 'pino';
 import { parseTableComment, type Engine } from '../apply/engine.js';
@@ -171,6 +171,8 @@ export class DriftMonitor {
     const durationMs = this.now() - started;
     if (full) this.nextFullAt = this.now() + Math.min(this.deps.maxFullIntervalMs ?? 300_000, Math.max(this.intervalMs, 40 * durationMs));
     metrics.driftChecks.inc({ depth: full ? 'full' : 'quick' });
+    metrics.driftCheckDuration.observe({ depth: full ? 'full' : 'quick' }, durationMs / 1000);
+    log.debug({ event: 'drift-check', depth: full ? 'full' : 'quick', durationMs, reason }, 'drift check');
     this.lastCheckAt = this.now();
     this.deps.status.lastDriftCheck = new Date(this.lastCheckAt).toISOString();
     const report: CheckReport = { depth: full ? 'full' : 'quick', findings, repaired: [], durationMs };

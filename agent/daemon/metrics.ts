@@ -23,6 +23,7 @@ export class AgentMetrics {
   readonly controlPlaneErrors: Counter<'kind'>;
   readonly driftRepairs: Counter<'what'>;
   readonly driftChecks: Counter<'depth'>;
+  readonly driftCheckDuration: Histogram<'depth'>;
   readonly configReloads: Counter<'result'>;
   readonly rulesetInfo: Gauge<'hash'>;
   private counterCache: { at: number; value: Promise<Map<string, LiveCounter> | undefined> } | undefined;
@@ -48,6 +49,10 @@ export class AgentMetrics {
     this.controlPlaneErrors = new Counter({ name: `${p}control_plane_errors_total`, help: 'Errors talking to the policy source, by kind', labelNames: ['kind'], registers });
     this.driftRepairs = new Counter({ name: `${p}drift_repairs_total`, help: 'Repairs of the kernel state after drift, by what was wrong (table, routing)', labelNames: ['what'], registers });
     this.driftChecks = new Counter({ name: `${p}drift_checks_total`, help: 'Drift checks run, by depth (quick, full)', labelNames: ['depth'], registers });
+    this.driftCheckDuration = new Histogram({
+      name: `${p}drift_check_duration_seconds`, help: 'Duration of drift checks, by depth (quick, full)', labelNames: ['depth'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers,
+    });
     this.configReloads = new Counter({ name: `${p}config_reloads_total`, help: 'SIGHUP config reloads by result', labelNames: ['result'], registers });
     this.rulesetInfo = new Gauge({ name: `${p}ruleset_info`, help: 'Hash of the enforced ruleset (value 1)', labelNames: ['hash'], registers });
     for (const s of SOURCE_STATES) this.sourceState.set({ state: s }, 0);
