@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the system tools connector-acl and its kernel tests need are installed:
-#   nft (nftables), ip (iproute2), conntrack (conntrack), ping (iputils-ping), sysctl (procps).
+#   nft (nftables), ip (iproute2), conntrack (conntrack), ping (iputils-ping), sysctl (procps),
+#   python3 (python3: the harness's raw-IP agent sends and reflects GRE and other protocols).
 # Installs only what is missing, with apt-get; runs `apt-get update` only when an install is needed.
 # Exits non-zero with a message when something is missing and cannot be installed.
 set -euo pipefail
@@ -11,11 +12,12 @@ declare -A PACKAGE_OF=(
   [conntrack]=conntrack
   [ping]=iputils-ping
   [sysctl]=procps
+  [python3]=python3
 )
 
 missing_packages=()
 missing_commands=()
-for cmd in nft ip conntrack ping sysctl; do
+for cmd in nft ip conntrack ping sysctl python3; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     missing_commands+=("$cmd")
     missing_packages+=("${PACKAGE_OF[$cmd]}")
