@@ -1,12 +1,13 @@
 // Shared set-up for the kernel tests (test/kernel-*.test.ts): a namespace site torn down in
 // t.teardown, a temp dir for the site config and policy files, the CLI run inside the Connector,
 // and assertions that print the probe's facts when they fail.
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Test } from 'tap';
 import {
-  buildSite, cliAvailable, cliPath, describeProbe, listEngineTable, run, runCli, writePolicies,
+  buildSite, cliAvailable, cliPath, describeProbe, listEngineTable, probeCounts, repoRoot, run, runCli, writePolicies,
   type ProbeResult, type RunResult, type Site, type SiteDesc, type SiteLan, type TcpSendResult,
 } from '../../agent/harness/index.js';
 
@@ -32,7 +33,34 @@ export interface KernelSite {
 
 let fileCounter = 0;
 
+/**
+ * Where the kernel test files of one tap run leave their probe counts: one directory per tap
+ * runner process (the parent of every test process and of the `after` program,
+ * test/support/kernel-summary.ts, which prints the total).
+ */
+export const probeStatsDir = (runnerPid: number): string => path.join(repoRoot(), '.tap', 'kernel-probes', String(runnerPid));
+
+let statsHooked = false;
+const startedAt = Date.now();
+
+/** At exit, writes this process's probe counts for the run's summary line (only under tap). */
+export function recordProbeStats(): void {
+  if (statsHooked || process.env.TAP !== '1') return;
+  statsHooked = true;
+  process.on('exit', () => {
+    try {
+      const dir = probeStatsDir(process.ppid);
+      mkdirSync(dir, { recursive: true });
+      const file = path.basename(process.argv[1] ?? 'test');
+      writeFileSync(path.join(dir, `${file}-${process.pid}.json`), JSON.stringify({ file, counts: probeCounts(), ms: Date.now() - startedAt }));
+    } catch {
+      // the summary is a convenience; never fail a test over it
+    }
+  });
+}
+
 export async function kernelSite(t: Test, desc: SiteDesc): Promise<KernelSite> {
+  recordProbeStats();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'cacl-kernel-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const site = await buildSite(desc);
