@@ -16,7 +16,7 @@ import { AgentProcess } from './support/agent-proc.js';
 import { kernelSite, kernelSkipReason, rootState } from './support/kernel.js';
 
 const ROUNDS = Number(process.env.KILL_ROUNDS ?? 20);
-const POLICIES = 300;
+const POLICIES = 300; // a ~120 KB script: nft reads its stdin in several chunks, so a kill can cut it short
 
 const skip = await kernelSkipReason();
 if (skip) {
