@@ -5,7 +5,7 @@ import { NftError, isPermissionError } from '../nft/errors.js';
 import type { NftClient } from '../nft/client.js';
 import { SpawnError } from '../nft/exec.js';
 import { compareManifests, tableComment, type LiveTable } from '../nft/live.js';
-import { render, type CounterValue } from '../nft/render.js';
+import { render, type CounterValue, type Manifest } from '../nft/render.js';
 import type { PolicyRouting, RoutingReport } from '../netlink/routing.js';
 import { sha256Hex } from '../policy/hash.js';
 import type { Policy, Site } from '../policy/model.js';
@@ -27,6 +27,10 @@ export interface ApplyOutcome {
   routing: RoutingReport;
   warnings: string[];
   unchanged: boolean;
+  /** The script that was loaded (for last-known-good: no need to compile and render again). */
+  script: string;
+  /** What the kernel holds now (verified). */
+  manifest: Manifest;
 }
 
 export interface TableMeta {
@@ -150,6 +154,8 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
     routing,
     warnings: [...warnings, ...routing.warnings],
     unchanged: parseTableComment(tableComment(previousText)).hash === hash,
+    script: rendered.text,
+    manifest: rendered.manifest,
   };
 }
 

@@ -3,7 +3,7 @@
 // of the agent — source updates, API writes, drift repairs, config reloads — runs through one
 // queue, so applies never overlap and a drift check never races an apply.
 import type { Logger } from 'pino';
-import { applyPolicies, formatTableComment, parseTableComment, rulesetHash, type Engine } from '../apply/engine.js';
+import { applyPolicies, parseTableComment, rulesetHash, type Engine } from '../apply/engine.js';
 import { tableComment } from '../nft/live.js';
 import { ApplyError, EnvironmentError } from '../apply/errors.js';
 import type { AclObject, EnforceOutcome, Enforcer } from '../control/contracts.js';
@@ -245,12 +245,8 @@ export class Reconciler {
     this.lastRejected = undefined;
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const appliedAt = new Date();
-    // The ruleset for boot and for drift comparison: same rules (hence same hash and manifest),
-    // counters starting at zero.
-    const ir = lower(site, policies);
-    const rendered = render(ir, {
-      tableComment: formatTableComment({ hash: outcome.rulesetHash, appliedAt: appliedAt.toISOString(), policies: outcome.policies }),
-    });
+    // The ruleset for boot and for drift comparison: the very script that was loaded.
+    const rendered = { text: outcome.script, manifest: outcome.manifest };
     this.enforcedState = {
       documents, origin: origin === 'drift-repair' || origin === 'config-reload' ? this.enforcedState?.origin ?? origin : origin,
       key, rulesetHash: outcome.rulesetHash, manifest: rendered.manifest, policies: outcome.policies, site, appliedAt: appliedAt.toISOString(),

@@ -89,7 +89,7 @@ export class PolicyRouting {
       const r = await this.runner.run(['ip', ...args]);
       if (r.code === 0) continue;
       const why = r.stderr.trim();
-      if (/Cannot find device|No such device|Nexthop has invalid gateway|Network is unreachable/i.test(why)) {
+      if (/Cannot find device|No such device|Nexthop has invalid gateway|Network is unreachable|No route to host/i.test(why)) {
         report.warnings.push(`IPv${family === '-4' ? 4 : 6} route into the tunnel not installed (${why}): ` +
           `traffic via Cloudflare is dropped until ${tunnel.interface} is up`);
       } else {
