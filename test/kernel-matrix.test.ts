@@ -60,7 +60,6 @@ function seen(r: ExchangeResult): Expect | string {
   const rev = r.tunnel?.reverse ?? 0;
   if (r.delivered === 0) return fwd === 0 && r.replied === 0 ? 'dropped' : 'dropped, but crossed the tunnel or answered';
   if (r.replied === 0) return fwd > 0 ? (rev === 0 ? 'one-way via cf' : 'one-way, answer in the tunnel') : 'one-way';
-  if (!r.answeredApp) return 'answered at packet level only';
   if (fwd > 0 && rev > 0) return 'via cf';
   if (fwd === 0 && rev === 0) return 'passed';
   return `mixed path (tunnel ${fwd}/${rev})`;

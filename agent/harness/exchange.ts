@@ -377,6 +377,7 @@ export async function exchange(spec: ExchangeSpec, options: ExchangeOptions = {}
 }
 
 async function runRound(site: Site, round: Resolved[], roundNo: number, timeoutMs: number, settleMs: number, flush: boolean): Promise<Map<Resolved, ExchangeResult | 'retry'>> {
+  const graceMs = Math.max(500, timeoutMs);
   const hosts = [...new Set(round.flatMap((r) => [r.from, r.to]))];
   // Listeners for the round: TCP echo servers on the destination ports, UDP sockets on both ends.
   const listens = new Map<string, { host: Host; port: number }>();
@@ -403,8 +404,24 @@ async function runRound(site: Site, round: Resolved[], roundNo: number, timeoutM
   const apps = await Promise.all(round.map((r) => runApp(r, timeoutMs).catch((e: Error) => ({ answered: false, error: `agent: ${e.message}` }) as AppResult)));
   await new Promise((res) => setTimeout(res, settleMs));
   const t2 = Date.now();
-  const [hostAfter, cfAfter] = await snapshot();
+  let [hostAfter, cfAfter] = await snapshot();
   if (process.env.CACL_EXCHANGE_DEBUG) process.stderr.write(`  snapshot ${t1 - t0} ms, apps ${t2 - t1} ms, snapshot ${Date.now() - t2} ms\n`);
+  // Every destination answers what reaches it (the kernel for TCP handshakes and pings, the host
+  // agent for UDP, the raw agent for other protocols). A request that arrived but is not answered
+  // yet means a slow agent on a busy machine, not a verdict: give it once more time.
+  const unanswered = round.some((r) => {
+    const ti = hosts.indexOf(r.to);
+    const p = hasPorts(r);
+    const fwd = p ? [r.src, r.dst, r.ipProto, r.srcPort, r.dstPort] : [r.src, r.dst, r.ipProto];
+    const rev = p ? [r.dst, r.src, r.ipProto, r.dstPort, r.srcPort] : [r.dst, r.src, r.ipProto];
+    const suffix = `${r.family}${p ? 'p' : 'n'}`;
+    const d = (set: string, parts: unknown[]) => delta(hostBefore[ti], hostAfter[ti], `${set}|${parts.map(String).join('|')}`);
+    return d(`in${suffix}`, fwd) > 0 && d(`out${suffix}`, rev) === 0;
+  });
+  if (unanswered) {
+    await new Promise((res) => setTimeout(res, graceMs));
+    [hostAfter, cfAfter] = await snapshot();
+  }
   await Promise.all([
     ...[...listens.values()].map((l) => l.host.agent.request('tunlisten', { port: l.port }, 5_000)),
     ...[...binds.values()].map((b) => b.host.agent.request('uunbind', { address: b.address, port: b.port }, 5_000)),
