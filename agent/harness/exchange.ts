@@ -239,7 +239,7 @@ interface Resolved {
 
 const hasPorts = (r: Resolved): boolean => r.proto === 'tcp' || r.proto === 'udp';
 
-function resolve(spec: ExchangeSpec): Resolved {
+function resolveSpec(spec: ExchangeSpec): Resolved {
   if (spec.from.site !== spec.to.site) throw new Error('exchange between hosts of different sites');
   const family = spec.family ?? (spec.src?.includes(':') ? 6 : 4);
   const src = canonicalAddress(spec.src ?? spec.from.address(family));
@@ -257,7 +257,7 @@ function resolve(spec: ExchangeSpec): Resolved {
   return r;
 }
 
-/** Resources an exchange holds for its round; `share` tells which holders may coexist. */
+/** Resources an exchange holds for its round: exclusive ones, or shared ones held in one role (listen / client). */
 function resources(r: Resolved, exactTtl: boolean): { key: string; role: string; exclusive: boolean }[] {
   const out: { key: string; role: string; exclusive: boolean }[] = [];
   const pair = [r.src, r.dst].sort().join('~');
@@ -344,7 +344,7 @@ async function runApp(r: Resolved, timeoutMs: number): Promise<AppResult> {
 export async function runExchanges(site: Site, specs: ExchangeSpec[], options: ExchangeOptions = {}): Promise<ExchangeResult[]> {
   const timeoutMs = options.timeoutMs ?? 1_000;
   const settleMs = options.settleMs ?? 40;
-  const all = specs.map(resolve);
+  const all = specs.map(resolveSpec);
   const results = new Map<Resolved, ExchangeResult>();
   let pending = all;
   let roundNo = 0;
