@@ -8,7 +8,7 @@ import t from 'tap';
 import YAML from 'yaml';
 import { rulesetHash } from '../agent/apply/engine.js';
 import { lower } from '../agent/ir/lower.js';
-import { compareManifests, parseLiveTable, tableComment } from '../agent/nft/live.js';
+import { compareManifests, parseLiveTable, rulesetComment } from '../agent/nft/live.js';
 import { render, type Manifest } from '../agent/nft/render.js';
 import { parsePolicies } from '../agent/policy/acl.js';
 import { parseSite } from '../agent/policy/site.js';
@@ -59,7 +59,7 @@ if (skip) {
     const r = await site.exec(site.connector, ['nft', '-j', 'list', 'table', 'inet', 'connector_acl'], { timeoutMs: 20_000 });
     if (r.code !== 0) return { missing: true as const, error: r.stderr };
     const text = await site.exec(site.connector, ['nft', 'list', 'table', 'inet', 'connector_acl'], { timeoutMs: 20_000 });
-    return { missing: false as const, live: parseLiveTable(r.stdout, 'connector_acl')!, comment: tableComment(text.stdout) };
+    return { missing: false as const, live: parseLiveTable(r.stdout, 'connector_acl')!, comment: rulesetComment(text.stdout) };
   };
   /** Which set the kernel holds, or a description of what is wrong. */
   const wholeSet = async (): Promise<{ set?: number; why?: string }> => {
@@ -103,7 +103,7 @@ if (skip) {
     while (Date.now() - started < timeoutMs) {
       // Cheap poll on the hash in the table comment, then the full comparison once.
       const text = await site.exec(site.connector, ['nft', 'list', 'table', 'inet', 'connector_acl'], { timeoutMs: 20_000 });
-      if (/hash=(\w+)/.exec(tableComment(text.stdout) ?? '')?.[1] === sets[n].hash && (await wholeSet()).set === n) return Date.now() - started;
+      if (/hash=(\w+)/.exec(rulesetComment(text.stdout) ?? '')?.[1] === sets[n].hash && (await wholeSet()).set === n) return Date.now() - started;
       if (!agent.running) throw new Error(`the agent exited: ${agent.tail()}`);
       await new Promise((r) => setTimeout(r, 100));
     }

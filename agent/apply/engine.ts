@@ -4,7 +4,8 @@ import type { Ir } from '../ir/ir.js';
 import { NftError, isPermissionError } from '../nft/errors.js';
 import type { NftClient } from '../nft/client.js';
 import { SpawnError } from '../nft/exec.js';
-import { compareManifests, tableComment, type LiveTable } from '../nft/live.js';
+import { compareManifests, rulesetComment, type LiveTable } from '../nft/live.js';
+import { canUpdate, liveObjectsFromText, nextGeneration, updateScripts } from '../nft/update.js';
 import { render, type CounterValue, type Manifest } from '../nft/render.js';
 import type { PolicyRouting, RoutingReport } from '../netlink/routing.js';
 import { sha256Hex } from '../policy/hash.js';
@@ -66,7 +67,7 @@ export function keptCounters(ir: Ir, live: LiveTable['counters'] | undefined): M
 
 export async function readLive(engine: Engine, table: string): Promise<LiveTable | undefined> {
   try {
-    return await engine.nft.readTable(table, { withComment: true });
+    return await engine.nft.readTable(table);
   } catch (err) {
     throw environmentOr(err);
   }
@@ -117,24 +118,46 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
     }
   }
 
+  // A table this engine wrote is updated in two steps so no allowed packet is dropped
+  // (agent/nft/update.ts); anything else (none yet, the boot default-drop) is replaced whole.
+  const liveObjects = previousText === undefined ? undefined : liveObjectsFromText(previousText);
+  const incremental = liveObjects !== undefined && canUpdate(liveObjects);
   const rendered = render(ir, {
-    tableComment: formatTableComment({ hash, appliedAt: engine.now().toISOString(), policies: ir.policies.length }),
+    meta: formatTableComment({ hash, appliedAt: engine.now().toISOString(), policies: ir.policies.length }),
     counters,
+    generation: incremental ? nextGeneration(liveObjects) : 1,
   });
-  try {
-    await engine.nft.load(rendered.text, rendered.lineOwners);
-  } catch (err) {
+  const refused = (err: unknown, what: string): unknown => {
     const env = environmentOr(err);
-    if (env !== err) throw env;
-    if (err instanceof NftError) {
-      const details = err.diagnostics.map((d) => {
-        const p = d.policyId ? policies.find((x) => x.id === d.policyId) : undefined;
-        const where = p ? `policy "${p.name}" (${p.id}) from ${p.source.file}` : d.line ? `generated line ${d.line}` : 'nft';
-        return `${where}: ${d.message}`;
-      });
-      throw new ApplyError('nft refused the new ruleset; the previous ruleset is still in force', details.length ? details : [err.stderr.trim()]);
+    if (env !== err) return env;
+    if (!(err instanceof NftError)) return err;
+    const details = err.diagnostics.map((d) => {
+      const p = d.policyId ? policies.find((x) => x.id === d.policyId) : undefined;
+      const where = p ? `policy "${p.name}" (${p.id}) from ${p.source.file}` : d.line ? `generated line ${d.line} of ${what}` : 'nft';
+      return `${where}: ${d.message}`;
+    });
+    return new ApplyError('nft refused the new ruleset; the previous ruleset is still in force', details.length ? details : [err.stderr.trim()]);
+  };
+  if (incremental) {
+    const update = updateScripts(site.table, rendered, liveObjects);
+    try {
+      await engine.nft.load(update.prepare.text, update.prepare.lineOwners);
+    } catch (err) {
+      throw refused(err, 'the prepare step');
     }
-    throw err;
+    try {
+      await engine.nft.load(update.commit.text, update.commit.lineOwners);
+    } catch (err) {
+      // The live rules never saw the prepared maps: remove them and the old state is exact.
+      await engine.nft.load(update.preparedMaps.map((m) => `delete map inet ${site.table} ${m}`).join('\n') + '\n').catch(() => undefined);
+      throw refused(err, 'the commit step');
+    }
+  } else {
+    try {
+      await engine.nft.load(rendered.text, rendered.lineOwners);
+    } catch (err) {
+      throw refused(err, 'the ruleset');
+    }
   }
 
   const after = await engine.nft.readTable(site.table);
@@ -153,7 +176,7 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
     countersKept: counters.size,
     routing,
     warnings: [...warnings, ...routing.warnings],
-    unchanged: parseTableComment(tableComment(previousText)).hash === hash,
+    unchanged: parseTableComment(rulesetComment(previousText)).hash === hash,
     script: rendered.text,
     manifest: rendered.manifest,
   };
@@ -191,7 +214,7 @@ export async function planChanges(site: Site, policies: readonly Policy[], engin
     else plan.unchanged++;
   }
   for (const c of live?.counters.values() ?? []) {
-    if (!wanted.has(c.name)) plan.removed.push(`${c.comment.replace(/^\S+ /, '')} (${c.name.replace(/^pol_/, '')})`);
+    if (c.name.startsWith('pol_') && !wanted.has(c.name)) plan.removed.push(`${c.comment.replace(/^\S+ /, '')} (${c.name.replace(/^pol_/, '')})`);
   }
   return plan;
 }

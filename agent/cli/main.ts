@@ -108,7 +108,7 @@ program.command('status')
     const meta = parseTableComment(live?.comment);
     const expected = inputs.ok && inputs.site && inputs.policies ? rulesetHash(lower(inputs.site, inputs.policies)) : undefined;
     const matches = expected === undefined ? undefined : expected === meta.hash;
-    const policies = [...(live?.counters.values() ?? [])].map((c) => ({
+    const policies = [...(live?.counters.values() ?? [])].filter((c) => c.name.startsWith('pol_')).map((c) => ({
       id: c.name.replace(/^pol_/, ''), name: c.comment.replace(/^\S+ /, ''), packets: c.packets, bytes: c.bytes,
     }));
     const agent = await readAgentStatusForConfig(opts.config);

@@ -64,7 +64,7 @@ export async function bootLoad(options: { configFile: string; runner: CommandRun
   if (loaded.config) {
     const { site } = loaded.config;
     const ir = lower(site, []);
-    const text = render(ir, { tableComment: formatTableComment({ hash: rulesetHash(ir), appliedAt: new Date().toISOString(), policies: 0 }) }).text;
+    const text = render(ir, { meta: formatTableComment({ hash: rulesetHash(ir), appliedAt: new Date().toISOString(), policies: 0 }) }).text;
     try {
       await nft.load(text);
       messages.push(`loaded the default drop between the ${site.lans.length} LANs of ${options.configFile} (table inet ${site.table})`);

@@ -230,7 +230,7 @@ export class DriftMonitor {
       if (have !== want) findings.push({ what: 'table', detail: `map ${LAN_PAIRS_MAP} has ${have} elements, expected ${want}` });
     }
     if (findings.length === 0 && full) {
-      const live = await this.deps.engine.nft.readTable(table, { withComment: true });
+      const live = await this.deps.engine.nft.readTable(table);
       if (!live) findings.push({ what: 'table', detail: `table inet ${table} is missing` });
       else {
         const diffs = compareManifests(enforced.manifest, live.manifest);

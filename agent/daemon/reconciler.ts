@@ -4,7 +4,7 @@
 // queue, so applies never overlap and a drift check never races an apply.
 import type { Logger } from 'pino';
 import { applyPolicies, parseTableComment, rulesetHash, type Engine } from '../apply/engine.js';
-import { tableComment } from '../nft/live.js';
+import { rulesetComment } from '../nft/live.js';
 import { ApplyError, EnvironmentError } from '../apply/errors.js';
 import type { AclObject, EnforceOutcome, Enforcer } from '../control/contracts.js';
 import { lower } from '../ir/lower.js';
@@ -160,7 +160,7 @@ export class Reconciler {
       const ir = lower(site, parsed.policies);
       const hash = rulesetHash(ir);
       const text = await engine.nft.tableText(site.table).catch(() => undefined);
-      const meta = parseTableComment(tableComment(text));
+      const meta = parseTableComment(rulesetComment(text));
       if (meta.hash !== hash) return undefined;
       if (site.tunnel) await engine.routing.ensure(site.tunnel);
       const key = sha256Hex(`${siteKey(site)}\n${canonicalJson(documents.map((d) => d.content))}`);

@@ -1,7 +1,7 @@
 // nft operations as argument arrays and stdin text, over an injected runner.
 import { nftErrorFrom } from './errors.js';
 import { runChecked, type CommandRunner } from './exec.js';
-import { parseCounters, parseLiveTable, tableComment, type LiveCounter, type LiveTable } from './live.js';
+import { parseCounters, parseLiveTable, type LiveCounter, type LiveTable } from './live.js';
 
 export class NftClient {
   constructor(private readonly runner: CommandRunner, private readonly binary = 'nft') {}
@@ -38,20 +38,15 @@ export class NftClient {
     return parseCounters(r.stdout, table);
   }
 
-  /** Parsed `nft -j list table`; `withComment` costs a second (text) listing on nft 1.0.x. */
-  async readTable(table: string, options: { withComment?: boolean } = {}): Promise<LiveTable | undefined> {
+  /** Parsed `nft -j list table`. */
+  async readTable(table: string): Promise<LiveTable | undefined> {
     const r = await this.runner.run([this.binary, '-j', 'list', 'table', 'inet', table]);
     if (r.code !== 0) {
       const err = nftErrorFrom(r.stderr);
       if (err.kind === 'not-found') return undefined;
       throw err;
     }
-    const live = parseLiveTable(r.stdout, table);
-    if (live && live.comment === undefined && options.withComment) {
-      // nft 1.0.x leaves the table comment out of its JSON; the text form has it on line 2.
-      live.comment = tableComment(await this.tableText(table));
-    }
-    return live;
+    return parseLiveTable(r.stdout, table);
   }
 
   async deleteTable(table: string): Promise<boolean> {

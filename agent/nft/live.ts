@@ -7,6 +7,7 @@ export interface LiveCounter extends CounterValue {
 }
 
 export interface LiveTable {
+  /** Apply metadata: the comment of the `acl_ruleset` counter. */
   comment?: string;
   counters: Map<string, LiveCounter>;
   manifest: Manifest;
@@ -21,12 +22,13 @@ export function parseLiveTable(jsonText: string, table: string): LiveTable | und
   const items = doc.nftables ?? [];
   const tableItem = items.find((i) => i.table && i.table.name === table && i.table.family === 'inet');
   if (!tableItem) return undefined;
-  const live: LiveTable = { comment: tableItem.table.comment, counters: new Map(), manifest: { chains: {}, maps: {}, counters: [] }, drops: [] };
+  const live: LiveTable = { counters: new Map(), manifest: { chains: {}, maps: {}, counters: [] }, drops: [] };
   for (const item of items) {
     if (item.counter) {
       const c = item.counter;
       live.counters.set(c.name, { name: c.name, comment: c.comment ?? '', packets: c.packets ?? 0, bytes: c.bytes ?? 0 });
       live.manifest.counters.push(c.name);
+      if (c.name === 'acl_ruleset') live.comment = c.comment;
     } else if (item.chain) {
       live.manifest.chains[item.chain.name] ??= 0;
     } else if (item.map || item.set) {
@@ -57,9 +59,9 @@ export function parseCounters(jsonText: string, table: string): Map<string, Live
   return out;
 }
 
-/** The table comment from `nft list table` text (nft 1.0.x leaves it out of its JSON). */
-export function tableComment(text: string | undefined): string | undefined {
-  return text ? /^table inet \S+ \{\n\tcomment "([^"]*)"/.exec(text)?.[1] : undefined;
+/** The apply metadata (comment of the `acl_ruleset` counter) from `nft list table` text. */
+export function rulesetComment(text: string | undefined): string | undefined {
+  return text ? /^\tcounter acl_ruleset \{\n\t\tcomment "([^"]*)"/m.exec(text)?.[1] : undefined;
 }
 
 /** Differences between what was compiled and what the kernel holds; empty means verified. */

@@ -11,10 +11,25 @@ export interface CounterValue {
 }
 
 export interface RenderOptions {
-  /** Table comment, e.g. apply metadata. Omitted by `compile` so its output stays reproducible. */
-  tableComment?: string;
+  /**
+   * Apply metadata (ruleset hash, time), kept as the comment of the `acl_ruleset` counter: a
+   * table comment cannot be changed without replacing the table. Omitted by `compile`.
+   */
+  meta?: string;
   /** Starting values for named counters (kept across a re-apply of an unchanged policy). */
   counters?: ReadonlyMap<string, CounterValue>;
+  /**
+   * Suffix `_g<N>` for the policy maps. An update loads the next generation's maps beside the
+   * live ones first and switches the rules over in a second transaction (see update.ts).
+   */
+  generation?: number;
+}
+
+/** One top-level object of the table as rendered: its lines and which policy each line serves. */
+export interface Block {
+  kind: 'counter' | 'map' | 'chain';
+  name: string;
+  lines: { text: string; owner?: string }[];
 }
 
 export interface Rendered {
@@ -24,6 +39,8 @@ export interface Rendered {
   elementCount: number;
   /** What the kernel must hold afterwards; the read-back is compared with it. */
   manifest: Manifest;
+  /** The table's objects, for update scripts. */
+  blocks: Block[];
 }
 
 export interface Manifest {
@@ -36,6 +53,8 @@ export const FORWARD_CHAIN = 'forward';
 export const PREROUTING_CHAIN = 'prerouting';
 export const LAN_PAIRS_MAP = 'lan_pairs';
 export const CLOUDFLARE_INGRESS_MAP = 'cf_ingress';
+/** Named counter whose comment holds the apply metadata (`hash=… applied=… policies=…`). */
+export const META_COUNTER = 'acl_ruleset';
 
 class Script {
   readonly lines: string[] = [];
@@ -48,6 +67,8 @@ class Script {
 
 export function render(ir: Ir, options: RenderOptions = {}): Rendered {
   const s = new Script();
+  const g = options.generation;
+  const named = (map: IrMap): IrMap => (g === undefined ? map : { ...map, name: `${map.name}_g${g}` });
   const t = ir.table;
   const lanNo = new Map(ir.lans.map((l, i) => [l.id, i + 1]));
   const local = ir.pairs.filter((p) => p.path === 'local');
@@ -59,7 +80,11 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
   s.add(`table inet ${t} {}`);
   s.add(`delete table inet ${t}`);
   s.add(`table inet ${t} {`);
-  if (options.tableComment) s.add(`\tcomment ${quote(options.tableComment)}`);
+  if (options.meta) {
+    s.add(`\tcounter ${META_COUNTER} {`);
+    s.add(`\t\tcomment ${quote(options.meta)}`);
+    s.add('\t}');
+  }
 
   // Named counters, one per policy: `nft list counters` maps them back to policy ids.
   for (const p of ir.policies) {
@@ -89,7 +114,7 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
     for (const map of [...pair.initiate, ...pair.reply]) {
       if (rendered.has(map.name)) continue; // reply maps may share the initiate map
       rendered.add(map.name);
-      elementCount += renderMap(s, map, pair, ir.policies);
+      elementCount += renderMap(s, named(map), pair, ir.policies);
     }
   }
 
@@ -117,13 +142,13 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
     s.add(`\t\tcounter drop comment ${quote(`default drop: ${a.name} -> ${b.name}`)}`);
     s.add('\t}');
   }
-  for (const pair of local) renderLookupChains(s, pair, 'l', ir.conntrackMark);
+  for (const pair of local) renderLookupChains(s, pair, 'l', ir.conntrackMark, named);
 
-  if (viaCf.length > 0 && ir.tunnel) renderCloudflareSteering(s, ir, viaCf, lanNo);
+  if (viaCf.length > 0 && ir.tunnel) renderCloudflareSteering(s, ir, viaCf, named);
 
   for (const p of ir.policies) renderPolicyChain(s, p, ir);
   s.add('}');
-  return { text: `${s.lines.join('\n')}\n`, lineOwners: s.owners, elementCount, manifest: manifestOf(s.lines) };
+  return { text: `${s.lines.join('\n')}\n`, lineOwners: s.owners, elementCount, manifest: manifestOf(s.lines), blocks: blocksOf(s) };
 }
 
 /**
@@ -132,7 +157,7 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
  * them into the tunnel. Unmarked packets go on to `forward`, where only local policies apply.
  * Packets returning from the tunnel arrive on the tunnel interface and are never marked again.
  */
-function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], lanNo: Map<string, number>): void {
+function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], named: (m: IrMap) => IrMap): void {
   const lanByNo = (n: number): Lan => ir.lans[n - 1];
   // Ingress LAN → egress LANs for which some via-Cloudflare chain exists, in either direction.
   const edges = new Map<number, Set<number>>();
@@ -170,17 +195,16 @@ function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], lanNo:
       s.add('\t}');
     }
   }
-  for (const pair of viaCf) renderLookupChains(s, pair, 'c', ir.conntrackMark);
-  void lanNo;
+  for (const pair of viaCf) renderLookupChains(s, pair, 'c', ir.conntrackMark, named);
 }
 
 /** `li_/lr_` (local) and `ci_/cr_` (via Cloudflare) chains: one map lookup per family and key shape. */
-function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c', conntrackMark: number): void {
+function renderLookupChains(s: Script, pair: IrPairPath, prefix: 'l' | 'c', conntrackMark: number, named: (m: IrMap) => IrMap): void {
   for (const [direction, maps] of [['i', pair.initiate], ['r', pair.reply]] as const) {
     if (maps.length === 0) continue;
     s.add('');
     s.add(`\tchain ${prefix}${direction}_${pair.key} {`);
-    for (const map of maps) s.add(`\t\t${lookupRule(map, direction === 'r', conntrackMark)}`);
+    for (const map of maps) s.add(`\t\t${lookupRule(named(map), direction === 'r', conntrackMark)}`);
     s.add('\t}');
   }
 }
@@ -250,6 +274,22 @@ function renderPolicyChain(s: Script, p: IrPolicy, ir: Ir): void {
     s.add(`\t\tcounter name ${p.counter} accept comment ${comment}`, p.id);
   }
   s.add('\t}', p.id);
+}
+
+/** The top-level objects of the script just written (one tab deep, closed by a lone tab + brace). */
+function blocksOf(s: Script): Block[] {
+  const blocks: Block[] = [];
+  let current: Block | undefined;
+  s.lines.forEach((text, i) => {
+    const m = /^\t(counter|map|chain) (\S+) \{$/.exec(text);
+    if (m) current = { kind: m[1] as Block['kind'], name: m[2], lines: [] };
+    if (current) current.lines.push({ text, owner: s.owners.get(i + 1) });
+    if (current && text === '\t}') {
+      blocks.push(current);
+      current = undefined;
+    }
+  });
+  return blocks;
 }
 
 /** Rules per chain, elements per map, named counters, read off the script just written. */
