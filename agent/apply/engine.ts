@@ -6,7 +6,7 @@ import type { NftClient } from '../nft/client.js';
 import { SpawnError } from '../nft/exec.js';
 import { compareManifests, rulesetComment, type LiveTable } from '../nft/live.js';
 import { canUpdate, liveObjectsFromText, nextGeneration, updateScripts } from '../nft/update.js';
-import { render, type CounterValue, type Manifest } from '../nft/render.js';
+import { META_COUNTER, render, type CounterValue, type Manifest } from '../nft/render.js';
 import type { PolicyRouting, RoutingReport } from '../netlink/routing.js';
 import { sha256Hex } from '../policy/hash.js';
 import type { Policy, Site } from '../policy/model.js';
@@ -38,6 +38,8 @@ export interface TableMeta {
   hash?: string;
   appliedAt?: string;
   policies?: number;
+  /** Tunnel and conntrack marks the policy chains write (see marksOf). */
+  marks?: string;
 }
 
 /** Hash of the ruleset as compiled (no apply metadata, no counter values): equal hash, equal rules. */
@@ -46,12 +48,15 @@ export function rulesetHash(ir: Ir): string {
 }
 
 export const formatTableComment = (meta: Required<TableMeta>): string =>
-  `connector-acl hash=${meta.hash} applied=${meta.appliedAt} policies=${meta.policies}`;
+  `connector-acl hash=${meta.hash} applied=${meta.appliedAt} policies=${meta.policies}${meta.marks ? ` marks=${meta.marks}` : ''}`;
+
+/** The marks a policy chain writes: when they change, every policy chain must be rewritten. */
+export const marksOf = (site: Site): string => `${(site.tunnel?.mark ?? 0).toString(16)}/${site.conntrackMark.toString(16)}`;
 
 export function parseTableComment(comment: string | undefined): TableMeta {
   const get = (k: string) => (comment ? new RegExp(`${k}=(\\S+)`).exec(comment)?.[1] : undefined);
   const n = get('policies');
-  return { hash: get('hash'), appliedAt: get('applied'), policies: n === undefined ? undefined : Number(n) };
+  return { hash: get('hash'), appliedAt: get('applied'), policies: n === undefined ? undefined : Number(n), marks: get('marks') ?? '' };
 }
 
 /** Counters of policies whose content is unchanged carry over; changed or new policies start at zero. */
@@ -123,7 +128,7 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
   const liveObjects = previousText === undefined ? undefined : liveObjectsFromText(previousText);
   const incremental = liveObjects !== undefined && canUpdate(liveObjects);
   const rendered = render(ir, {
-    meta: formatTableComment({ hash, appliedAt: engine.now().toISOString(), policies: ir.policies.length }),
+    meta: formatTableComment({ hash, appliedAt: engine.now().toISOString(), policies: ir.policies.length, marks: marksOf(site) }),
     counters,
     generation: incremental ? nextGeneration(liveObjects) : 1,
   });
@@ -139,7 +144,9 @@ export async function applyPolicies(site: Site, policies: readonly Policy[], eng
     return new ApplyError('nft refused the new ruleset; the previous ruleset is still in force', details.length ? details : [err.stderr.trim()]);
   };
   if (incremental) {
-    const update = updateScripts(site.table, rendered, liveObjects);
+    // Policy chains of unchanged policies stay as they are when the marks they write are the same.
+    const sameMarks = parseTableComment(liveObjects.counters.get(META_COUNTER)).marks === marksOf(site);
+    const update = updateScripts(site.table, rendered, liveObjects, { keepUnchangedPolicyChains: sameMarks });
     try {
       await engine.nft.load(update.prepare.text, update.prepare.lineOwners);
     } catch (err) {

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { formatTableComment, rulesetHash } from '../apply/engine.js';
+import { formatTableComment, marksOf, rulesetHash } from '../apply/engine.js';
 import { DEFAULT_STATE_DIR } from '../control/config.js';
 import { lower } from '../ir/lower.js';
 import { NftClient } from '../nft/client.js';
@@ -64,7 +64,7 @@ export async function bootLoad(options: { configFile: string; runner: CommandRun
   if (loaded.config) {
     const { site } = loaded.config;
     const ir = lower(site, []);
-    const text = render(ir, { meta: formatTableComment({ hash: rulesetHash(ir), appliedAt: new Date().toISOString(), policies: 0 }) }).text;
+    const text = render(ir, { meta: formatTableComment({ hash: rulesetHash(ir), appliedAt: new Date().toISOString(), policies: 0, marks: marksOf(site) }) }).text;
     try {
       await nft.load(text);
       messages.push(`loaded the default drop between the ${site.lans.length} LANs of ${options.configFile} (table inet ${site.table})`);
