@@ -407,16 +407,20 @@ async function runRound(site: Site, round: Resolved[], roundNo: number, timeoutM
   let [hostAfter, cfAfter] = await snapshot();
   if (process.env.CACL_EXCHANGE_DEBUG) process.stderr.write(`  snapshot ${t1 - t0} ms, apps ${t2 - t1} ms, snapshot ${Date.now() - t2} ms\n`);
   // Every destination answers what reaches it (the kernel for TCP handshakes and pings, the host
-  // agent for UDP, the raw agent for other protocols). A request that arrived but is not answered
-  // yet means a slow agent on a busy machine, not a verdict: give it once more time.
+  // agent for UDP, the raw agent for other protocols), and a flow's packets are either all dropped
+  // or all delivered. A request that arrived but is not answered yet, or a flow with only some of
+  // its packets arrived, means packets or a slow agent still on their way on a busy machine, not a
+  // verdict: give them once more time before the counters are final.
   const unanswered = round.some((r) => {
+    const fi = hosts.indexOf(r.from);
     const ti = hosts.indexOf(r.to);
     const p = hasPorts(r);
     const fwd = p ? [r.src, r.dst, r.ipProto, r.srcPort, r.dstPort] : [r.src, r.dst, r.ipProto];
     const rev = p ? [r.dst, r.src, r.ipProto, r.dstPort, r.srcPort] : [r.dst, r.src, r.ipProto];
     const suffix = `${r.family}${p ? 'p' : 'n'}`;
-    const d = (set: string, parts: unknown[]) => delta(hostBefore[ti], hostAfter[ti], `${set}|${parts.map(String).join('|')}`);
-    return d(`in${suffix}`, fwd) > 0 && d(`out${suffix}`, rev) === 0;
+    const d = (i: number, set: string, parts: unknown[]) => delta(hostBefore[i], hostAfter[i], `${set}|${parts.map(String).join('|')}`);
+    const [sent, delivered, answered, replied] = [d(fi, `out${suffix}`, fwd), d(ti, `in${suffix}`, fwd), d(ti, `out${suffix}`, rev), d(fi, `in${suffix}`, rev)];
+    return (delivered > 0 && answered === 0) || (delivered > 0 && delivered < sent) || (replied > 0 && replied < answered);
   });
   if (unanswered) {
     await new Promise((res) => setTimeout(res, graceMs));
