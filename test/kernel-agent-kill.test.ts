@@ -66,8 +66,14 @@ if (skip) {
     const l = await liveTable();
     if (l.missing) return { why: `the table is missing: ${l.error}` };
     const hash = /hash=(\w+)/.exec(l.comment ?? '')?.[1];
+    // An update is two transactions (agent/nft/update.ts): a kill between them leaves the old set
+    // whole and in force beside the next generation's prepared maps and empty chains, which no
+    // rule references; the next apply deletes them. Those leftovers are inert, so not partial.
+    const inert = (d: string) =>
+      /^unexpected map /.test(d) || /exists in two generations$/.test(d) ||
+      (/^unexpected chain (\S+)$/.test(d) && l.live.manifest.chains[/^unexpected chain (\S+)$/.exec(d)![1]] === 0);
     for (const n of [0, 1]) {
-      const diffs = compareManifests(sets[n].manifest as Manifest, l.live.manifest);
+      const diffs = compareManifests(sets[n].manifest as Manifest, l.live.manifest).filter((d) => !inert(d));
       if (diffs.length === 0 && hash === sets[n].hash) return { set: n };
     }
     return { why: `hash ${hash}; vs A: ${compareManifests(sets[0].manifest, l.live.manifest).slice(0, 3).join(', ')}; vs B: ${compareManifests(sets[1].manifest, l.live.manifest).slice(0, 3).join(', ')}` };

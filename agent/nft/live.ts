@@ -75,9 +75,23 @@ export function compareManifests(expected: Manifest, live: Manifest): string[] {
     for (const name of Object.keys(b)) if (!(name in a)) out.push(`unexpected ${what} ${name}`);
   };
   diff('chain', expected.chains, live.chains, 'rules');
-  diff('map', expected.maps, live.maps, 'elements');
-  const liveCounters = new Set(live.counters);
-  for (const c of expected.counters) if (!liveCounters.has(c)) out.push(`counter ${c} is missing`);
-  for (const c of live.counters) if (!expected.counters.includes(c)) out.push(`unexpected counter ${c}`);
+  // Policy maps carry a generation suffix (`_g7`) that changes with every update; compare the
+  // maps by their base name, and flag a map present in two generations at once.
+  const byBase = (maps: Record<string, number>): Record<string, number> => {
+    const bases: Record<string, number> = {};
+    for (const [name, n] of Object.entries(maps)) {
+      const base = name.replace(/_g\d+$/, '');
+      if (base in bases) out.push(`map ${base} exists in two generations`);
+      bases[base] = n;
+    }
+    return bases;
+  };
+  diff('map', byBase(expected.maps), byBase(live.maps), 'elements');
+  // The metadata counter is not part of the rules (compile output has none).
+  const policyCounters = (cs: string[]) => cs.filter((c) => c !== 'acl_ruleset');
+  const liveCounters = new Set(policyCounters(live.counters));
+  const expectedCounters = policyCounters(expected.counters);
+  for (const c of expectedCounters) if (!liveCounters.has(c)) out.push(`counter ${c} is missing`);
+  for (const c of liveCounters) if (!expectedCounters.includes(c)) out.push(`unexpected counter ${c}`);
   return out;
 }
