@@ -129,7 +129,7 @@ function jsonFromScript(script: string): string {
   for (const line of script.split('\n')) {
     let m: RegExpExecArray | null;
     if ((m = /^\tchain (\S+) \{$/.exec(line))) { chain = m[1]; items.push({ chain: { name: chain } }); }
-    else if ((m = /^\tmap (\S+) \{$/.exec(line))) { map = { name: m[1], elem: [] }; items.push({ map }); }
+    else if ((m = /^\t(map|set) (\S+) \{$/.exec(line))) { map = { name: m[2], elem: [] }; items.push({ [m[1]]: map }); }
     else if ((m = /^\tcounter (\S+) \{$/.exec(line))) items.push({ counter: { name: m[1], comment: '', packets: 0, bytes: 0 } });
     else if (line === '\t}') { chain = undefined; map = undefined; inElements = false; }
     else if (chain && line.startsWith('\t\t') && !line.startsWith('\t\ttype ')) items.push({ rule: { chain, expr: [] } });

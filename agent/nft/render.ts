@@ -27,7 +27,7 @@ export interface RenderOptions {
 
 /** One top-level object of the table as rendered: its lines and which policy each line serves. */
 export interface Block {
-  kind: 'counter' | 'map' | 'chain';
+  kind: 'counter' | 'set' | 'map' | 'chain';
   name: string;
   lines: { text: string; owner?: string }[];
 }
@@ -53,6 +53,10 @@ export const FORWARD_CHAIN = 'forward';
 export const PREROUTING_CHAIN = 'prerouting';
 export const LAN_PAIRS_MAP = 'lan_pairs';
 export const CLOUDFLARE_INGRESS_MAP = 'cf_ingress';
+/** Constant sets the lookup rules test; named so that updates never recreate them. */
+export const PORT_PROTOCOLS_SET = 'l4_ports';
+export const ICMP_SET = 'l4_icmp';
+
 /** Named counter whose comment holds the apply metadata (`hash=… applied=… policies=…`). */
 export const META_COUNTER = 'acl_ruleset';
 
@@ -94,6 +98,23 @@ export function render(ir: Ir, options: RenderOptions = {}): Rendered {
     if (seed) s.add(`\t\tpackets ${seed.packets} bytes ${seed.bytes}`, p.id);
     s.add('\t}', p.id);
   }
+
+  s.add('');
+  s.add(`\tset ${PORT_PROTOCOLS_SET} {`);
+  s.add('\t\ttype inet_proto');
+  s.add('\t\telements = {');
+  s.add('\t\t\t6,');
+  s.add('\t\t\t17');
+  s.add('\t\t}');
+  s.add('\t}');
+  s.add('');
+  s.add(`\tset ${ICMP_SET} {`);
+  s.add('\t\ttype inet_proto');
+  s.add('\t\telements = {');
+  s.add('\t\t\t1,');
+  s.add('\t\t\t58');
+  s.add('\t\t}');
+  s.add('\t}');
 
   // Dispatch on the interface pair: per-packet cost does not depend on the number of LANs.
   const ordered = orderedPairs(ir.lans);
@@ -174,6 +195,18 @@ function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], named:
   ingress.forEach((x, i) => s.add(`\t\t\t${quote(lanByNo(x).interface)} : goto pre_${x}${i < ingress.length - 1 ? ',' : ''}`));
   s.add('\t\t}');
   s.add('\t}');
+  // Named, not anonymous: a rule rewritten by an update must not depend on set elements created in
+  // the same transaction (they only become visible after the new rules do).
+  for (const x of ingress) {
+    const egress = [...edges.get(x)!].sort((a, b) => a - b);
+    s.add('');
+    s.add(`\tmap pre_${x}_egress {`);
+    s.add('\t\ttypeof fib daddr oifname : verdict');
+    s.add('\t\telements = {');
+    egress.forEach((y, i) => s.add(`\t\t\t${quote(lanByNo(y).interface)} : goto pre_${x}_${y}${i < egress.length - 1 ? ',' : ''}`));
+    s.add('\t\t}');
+    s.add('\t}');
+  }
   s.add('');
   s.add(`\tchain ${PREROUTING_CHAIN} {`);
   s.add('\t\ttype filter hook prerouting priority mangle; policy accept;');
@@ -183,7 +216,7 @@ function renderCloudflareSteering(s: Script, ir: Ir, viaCf: IrPairPath[], named:
     const egress = [...edges.get(x)!].sort((a, b) => a - b);
     s.add('');
     s.add(`\tchain pre_${x} {`);
-    s.add(`\t\tfib daddr oifname vmap { ${egress.map((y) => `${quote(lanByNo(y).interface)} : goto pre_${x}_${y}`).join(', ')} }`);
+    s.add(`\t\tfib daddr oifname vmap @pre_${x}_egress`);
     s.add('\t}');
     for (const y of egress) {
       const initiated = viaCf.find((p) => p.key === `${x}_${y}` && p.initiate.length > 0);
@@ -225,11 +258,11 @@ function dimType(dim: Dim, family: Family): string {
 function lookupRule(map: IrMap, reply: boolean, conntrackMark: number): string {
   const key = map.dims.map((d) => dimExpression(reply ? REPLY_DIM[d] : d, map.family)).join(' . ');
   const m = hex(conntrackMark);
-  const guard = map.shape === 'ports' ? 'meta l4proto { tcp, udp }'
-    : map.shape === 'proto' ? 'meta l4proto != { tcp, udp }'
+  const guard = map.shape === 'ports' ? `meta l4proto @${PORT_PROTOCOLS_SET}`
+    : map.shape === 'proto' ? `meta l4proto != @${PORT_PROTOCOLS_SET}`
     // ICMP/ICMPv6 errors of a tracked flow. Back toward the initiator only if the flow's own
     // packets last went through a bidirectional policy (the conntrack mark bit says so).
-    : reply ? `ct state related meta l4proto { 1, 58 } ct mark & ${m} == ${m}` : 'ct state related meta l4proto { 1, 58 }';
+    : reply ? `ct state related meta l4proto @${ICMP_SET} ct mark & ${m} == ${m}` : `ct state related meta l4proto @${ICMP_SET}`;
   return `${guard} ${key} vmap @${map.name}`;
 }
 
@@ -281,7 +314,7 @@ function blocksOf(s: Script): Block[] {
   const blocks: Block[] = [];
   let current: Block | undefined;
   s.lines.forEach((text, i) => {
-    const m = /^\t(counter|map|chain) (\S+) \{$/.exec(text);
+    const m = /^\t(counter|set|map|chain) (\S+) \{$/.exec(text);
     if (m) current = { kind: m[1] as Block['kind'], name: m[2], lines: [] };
     if (current) current.lines.push({ text, owner: s.owners.get(i + 1) });
     if (current && text === '\t}') {
@@ -301,7 +334,7 @@ function manifestOf(lines: string[]): Manifest {
   for (const line of lines) {
     let m: RegExpExecArray | null;
     if ((m = /^\tchain (\S+) \{$/.exec(line))) [chain, manifest.chains[m[1]]] = [m[1], 0];
-    else if ((m = /^\tmap (\S+) \{$/.exec(line))) [map, manifest.maps[m[1]]] = [m[1], 0];
+    else if ((m = /^\t(?:map|set) (\S+) \{$/.exec(line))) [map, manifest.maps[m[1]]] = [m[1], 0];
     else if ((m = /^\tcounter (\S+) \{$/.exec(line))) manifest.counters.push(m[1]);
     else if (line === '\t}') [chain, map, inElements] = [undefined, undefined, false];
     else if (chain && line.startsWith('\t\t') && !line.startsWith('\t\ttype ')) manifest.chains[chain]++;

@@ -8,7 +8,7 @@
 //            dispatch maps are refilled; the previous generation's maps, chains and counters of
 //            removed or changed policies are deleted. Counters of unchanged policies stay as they are.
 // Pure: text in, text out.
-import { CLOUDFLARE_INGRESS_MAP, LAN_PAIRS_MAP, META_COUNTER, type Block, type Rendered } from './render.js';
+import { META_COUNTER, type Block, type Rendered } from './render.js';
 
 /** What the live table holds, by name (from `nft list table` text). */
 export interface LiveObjects {
@@ -111,15 +111,17 @@ export function updateScripts(table: string, rendered: Rendered, live: LiveObjec
   const commit = new Builder();
   commit.add(`# connector-acl update, step 2 of 2: switch every rule to the new maps, drop what is gone.`);
   for (const name of [...live.chains].sort()) if (!untouched(name)) commit.add(`flush chain inet ${table} ${name}`);
-  for (const name of [LAN_PAIRS_MAP, CLOUDFLARE_INGRESS_MAP]) {
-    if (live.maps.has(name) && has('map', name)) commit.add(`flush map inet ${table} ${name}`);
-  }
-  for (const name of [...live.maps].sort()) if (!has('map', name)) commit.add(`delete map inet ${table} ${name}`);
+  // Dispatch maps keep their names: refilled in place. Their old elements stay visible until the
+  // new rules are, so no packet falls between them. Constant sets are never touched.
+  const refilled = blocks.filter((b) => b.kind === 'map' && !isGenerationMap(b) && live.maps.has(b.name));
+  for (const b of refilled) commit.add(`flush map inet ${table} ${b.name}`);
+  for (const name of [...live.maps].sort()) if (!has('map', name) && !has('set', name)) commit.add(`delete map inet ${table} ${name}`);
   for (const name of [...live.chains].sort()) if (!has('chain', name)) commit.add(`delete chain inet ${table} ${name}`);
   for (const name of [...live.counters.keys()].sort()) if (!keptCounters.has(name)) commit.add(`delete counter inet ${table} ${name}`);
   commit.add(`table inet ${table} {`);
   for (const b of blocks) {
     if (b.kind === 'counter' && !keptCounters.has(b.name)) commit.block(b);
+    else if (b.kind === 'set' && !live.maps.has(b.name)) commit.block(b);
     else if (b.kind === 'map' && !isGenerationMap(b)) commit.block(b);
     else if (b.kind === 'chain' && !untouched(b.name)) commit.block(b);
   }

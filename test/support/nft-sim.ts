@@ -29,6 +29,7 @@ export function parseRuleset(text: string): Ruleset {
         const l = lines[i].trim();
         let t: RegExpExecArray | null;
         if ((t = /^type (.+) : verdict$/.exec(l))) map.types = t[1].split(' . ');
+        else if (l === 'typeof fib daddr oifname : verdict') map.types = ['ifname'];
         else if (l === 'elements = {') {
           for (i++; lines[i].trim() !== '}'; i++) map.elements.push(parseElement(lines[i].trim().replace(/,$/, ''), map.types));
         } else if (!/^(flags interval|comment ".*")$/.test(l)) throw new Error(`map ${map.name}: unknown line "${l}"`);
@@ -44,6 +45,9 @@ export function parseRuleset(text: string): Ruleset {
         else rules.push(l);
       }
       chains.set(name, rules);
+    } else if ((m = /^set (l4_ports|l4_icmp) \{$/.exec(line))) {
+      // The constant protocol sets; the rules that use them are read as fixed forms below.
+      while (lines[i].trim() !== '}' || !/^\t}$/.test(lines[i])) i++;
     } else if ((m = /^counter (\S+) \{$/.exec(line))) {
       while (lines[i].trim() !== '}') i++;
     }
@@ -161,13 +165,7 @@ function evalRule(rs: Ruleset, rule: string, pkt: Packet): string | undefined {
   let m: RegExpExecArray | null;
   if ((m = /^iifname \. oifname vmap @(\S+)$/.exec(rule))) return lookup(rs, m[1], [pkt.iif, pkt.oif]);
   if ((m = /^iifname vmap @(\S+)$/.exec(rule))) return lookup(rs, m[1], [pkt.iif]);
-  if ((m = /^fib daddr oifname vmap \{ (.*) \}$/.exec(rule))) {
-    for (const item of m[1].split(', ')) {
-      const [name, verdict] = item.split(' : ');
-      if (JSON.parse(name) === pkt.oif) return verdict;
-    }
-    return undefined;
-  }
+  if ((m = /^fib daddr oifname vmap @(\S+)$/.exec(rule))) return lookup(rs, m[1], [pkt.oif]);
   if (rule === 'ct state invalid counter drop') return undefined; // the simulated flows are valid
   if ((m = /^meta mark & (0x[0-9a-f]+) == (0x[0-9a-f]+) counter drop$/.exec(rule))) {
     return (pkt.mark & Number(m[1])) === Number(m[2]) ? 'drop' : undefined;
@@ -181,10 +179,10 @@ function evalRule(rs: Ruleset, rule: string, pkt: Packet): string | undefined {
   }
   if (/^counter name \S+ accept$/.test(rule)) return 'accept';
   // The simulated flows carry no ICMP errors: conntrack would not call them related.
-  if (/^ct state related meta l4proto \{ 1, 58 \} .+ vmap @\S+$/.test(rule)) return undefined;
+  if (/^ct state related meta l4proto @l4_icmp .+ vmap @\S+$/.test(rule)) return undefined;
   // The conntrack mark only matters for related ICMP errors, which are not simulated.
   if (/^ct mark set ct mark [|&] 0x[0-9a-f]+$/.test(rule)) return undefined;
-  if ((m = /^meta l4proto (!= )?\{ tcp, udp \} (.+) vmap @(\S+)$/.exec(rule))) {
+  if ((m = /^meta l4proto (!= )?@l4_ports (.+) vmap @(\S+)$/.exec(rule))) {
     const [, negate, keyText, map] = m;
     if (hasPorts(pkt.proto) === Boolean(negate)) return undefined;
     const key: bigint[] = [];
